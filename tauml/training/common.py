@@ -1,0 +1,123 @@
+"""What every training loop in tauml shares: devices, seeds, schedules, batches, checkpoints that resume.
+
+A training loop built from these pieces is reproducible (the same seed gives the same numbers on CPU) and
+resumable: the state after each epoch (model, optimiser, scheduler, random-number generators, history) is
+written atomically, and a run started again with the same configuration continues from the last finished
+epoch and ends with the same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tauml.cache import atomic_path
+from tauml.models import CheckpointError
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``"auto"`` gives CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` are taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def limit_threads() -> None:
+    """Use the cores this process may run on (containers often allow fewer than os.cpu_count())."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which to visit ``n`` training examples in ``epoch``: a function of (seed, epoch) only,
+    so a resumed run visits them exactly as an uninterrupted one."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batches(n: int, batch_size: int, order: np.ndarray | None = None, drop_last: bool = False) -> Iterator[np.ndarray]:
+    """Index arrays of consecutive batches over ``order`` (default 0..n-1)."""
+    order = np.arange(n) if order is None else order
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int = 0, min_fraction: float = 0.0) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``min_fraction``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_fraction: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-batch scheduler following :func:`cosine_lr`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_lr(step, total_steps, warmup_steps, min_fraction)
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(path: str | os.PathLike[str], **state: Any) -> None:
+    """Atomically save a resumable training state (state dicts, epoch, history, RNG states, config)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load what :func:`save_training_state` wrote.  RNG states need ``weights_only=False``; only load
+    states this machine wrote itself (the cache), never a file from elsewhere."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign file
+        raise CheckpointError(
+            f"cannot read the training state {path}: {err}. Delete it to start the training afresh."
+        ) from err
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar that renders in notebooks and terminals alike (``TAUML_PROGRESS=0`` hides it)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", os.environ.get("TAUML_PROGRESS", "1") == "0")
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
