@@ -86,11 +86,12 @@ class EEDetectorConfig:
     photon_merge_distance: float = 20.0  # mm at the ECAL face: closer showers form one cluster
     conversions_on: bool = True
     conversion_probability: float = 0.08  # per photon at normal incidence, grows as 1/sin(theta)
-    conversion_radius_max: float = 500.0  # mm, conversions are spread uniformly in radius below it
+    conversion_radius_max: float = 1500.0  # mm, uniform in radius over the tracker volume (outer radius 1.5 m)
     fake_neutrals_on: bool = True
     fake_neutral_probability: float = 0.15  # per charged hadron above fake_neutral_e_min
     fake_neutral_e_min: float = 5.0  # GeV
     fake_neutral_fraction_max: float = 0.3  # fragment energy is up to this fraction of the hadron's
+    fake_photon_fraction: float = 0.3  # fragments in the ECAL become photons, the others neutral hadrons
     neutral_confusion_on: bool = True
     neutral_confusion_angle: float = 0.03  # rad, a neutral hadron this close to a track can be absorbed
     neutral_confusion_probability: float = 0.5
@@ -104,7 +105,7 @@ class EEDetectorConfig:
     def validate(self) -> None:
         _check(0.0 < self.cos_theta_max <= 1.0, f"cos_theta_max={self.cos_theta_max} must lie in (0, 1]")
         for name in ("track_efficiency", "track_tail_fraction", "conversion_probability",
-                     "fake_neutral_probability", "neutral_confusion_probability",
+                     "fake_neutral_probability", "fake_photon_fraction", "neutral_confusion_probability",
                      "electron_id_efficiency", "muon_id_efficiency", "pion_to_electron_rate", "pion_to_muon_rate"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{name}={value} is a probability and must lie in [0, 1]")
