@@ -47,7 +47,7 @@ def set_style() -> None:
 
 def label(ax: plt.Axes, text: str = "", sqrt_s: str = "") -> None:
     """The experiment-style label on top of an axis: 'tauml Simulation' plus a free text on the right."""
-    hep.label.exp_label(exp="tauml", text="Simulation", rlabel=text or sqrt_s, ax=ax, loc=0)
+    hep.label.exp_label(exp="tauml", text="", data=False, rlabel=text or sqrt_s, ax=ax, loc=0)
 
 
 def save(fig: plt.Figure, name: str) -> Path | None:

@@ -1,0 +1,41 @@
+# Two commands from a fresh clone:   make demo   and   make test
+# Both create .venv, install torch first (pinned here, never resolved by pip), then tauml with its extras.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Override for a GPU machine, e.g.  make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH  ?= torch==2.13.0
+RESULTS ?= results
+
+.PHONY: install demo test test-unit test-notebooks lint format clean-results
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## make demo: generate the demo data and run the notebook series headless into $(RESULTS)/
+demo: install
+	$(BIN)/tauml demo --preset demo --results $(RESULTS)
+
+## make test: lint, unit tests, then every notebook under nbval (key numbers are asserted in cells)
+test: install lint test-unit test-notebooks
+
+lint: install
+	$(BIN)/ruff check tauml tests benchmarks notebooks
+
+test-unit: install
+	$(BIN)/python -m pytest tests
+
+test-notebooks: install
+	MPLBACKEND=agg TAUML_PROGRESS=0 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks
+
+format: install
+	$(BIN)/ruff check --fix tauml tests benchmarks notebooks
+
+clean-results:
+	rm -rf $(RESULTS)
