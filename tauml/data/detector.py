@@ -422,7 +422,7 @@ def simulate_pp(gen: GenEvents, config: PPDetectorConfig, rng: np.random.Generat
 
 def _towers(event, eta, phi, energy, cell, eta_max):
     """Sum energies in (eta, phi) towers of size ``cell``; return tower centres and energies per event."""
-    n_phi = int(round(2 * np.pi / cell))
+    n_phi = round(2 * np.pi / cell)
     phi_cell = 2 * np.pi / n_phi
     ieta = np.floor((eta + eta_max) / cell).astype(np.int64)
     iphi = np.floor((phi + np.pi) / phi_cell).astype(np.int64) % n_phi

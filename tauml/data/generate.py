@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import os
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import awkward as ak
 import numpy as np
 
 from tauml.cache import DATA_FORMAT_VERSION, atomic_path, cache_path, write_json
-from tauml.config import EE_SAMPLES, PP_SAMPLES, GenerationConfig, config_hash, to_dict
+from tauml.config import EE_SAMPLES, GenerationConfig, config_hash, to_dict
 from tauml.data import jets as jetlib
 from tauml.data.detector import Candidates, simulate_ee, simulate_pp
 from tauml.data.pythia import SAMPLE_INDEX, GenEvents, generate_batch, pythia_seed
@@ -151,7 +152,7 @@ def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_
     vis_offsets = np.concatenate([[0], np.cumsum(np.bincount(vis_event, minlength=n_events))])
     gen_particles = _jagged(vis_offsets, px=gen.px[vis_idx], py=gen.py[vis_idx], pz=gen.pz[vis_idx], E=gen.e[vis_idx])
     gen_jets, gen_index = jetlib.cluster(gen_particles, "ee_genkt", jetlib.EE_JET_R, jetlib.EE_JET_P, EE_MIN_JET_PT)
-    gj, gj_event, gj_per_event, gj_n, gj_parts = _flatten_jets(gen_jets, gen_index, vis_offsets)
+    gj, gj_event, _gj_per_event, gj_n, gj_parts = _flatten_jets(gen_jets, gen_index, vis_offsets)
     lepton = np.isin(np.abs(gen.pdg[vis_idx][gj_parts]), (11, 13))
     gj_has_lepton = np.bincount(np.repeat(np.arange(len(gj_n)), gj_n), weights=lepton, minlength=len(gj_n)) > 0
     clean = ~gj_has_lepton
@@ -187,6 +188,9 @@ def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_
     reco_tau = np.where(keep, gen_jet_tau[np.maximum(reco_gen, 0)], -1)
     if sample in SIGNAL_SAMPLES:
         keep &= reco_tau >= 0
+    else:
+        # background by definition: a tau from a heavy-flavour decay inside a b or c jet is not a tau jet
+        reco_tau[:] = -1
     rows = np.flatnonzero(keep)
 
     # candidates of the kept jets, pT-descending within each jet
@@ -306,7 +310,9 @@ def _softdrop_and_nsubjettiness(constituents: ak.Array) -> dict[str, np.ndarray]
         return out
     inputs = ak.zip({k: ak.values_astype(constituents[k], np.float64) for k in ("px", "py", "pz", "E")})
     ca = fastjet.ClusterSequence(inputs, fastjet.JetDefinition(fastjet.cambridge_algorithm, 0.8))
-    groomed = ca.exclusive_jets_softdrop_grooming(njets=1, beta=0.0, symmetry_cut=0.1, R0=0.8)
+    with warnings.catch_warnings():  # fastjet warns about exclusive jets for every algorithm; C/A is fine
+        warnings.simplefilter("ignore", UserWarning)
+        groomed = ca.exclusive_jets_softdrop_grooming(njets=1, beta=0.0, symmetry_cut=0.1, R0=0.8)
     out["jet_sdmass"] = np.nan_to_num(ak.to_numpy(groomed.msoftdrop)).astype(np.float32)
     counts = ak.to_numpy(ak.num(inputs, axis=1))
     jet_of = np.repeat(np.arange(n_jets), counts)
@@ -596,7 +602,7 @@ def _merge(out_dir: Path, config: GenerationConfig, tasks: list[ChunkTask]) -> d
                                     (events[ev_sel], out_dir / "fuure" / f"{sample}_{split}_events.parquet")):
                     with atomic_path(path) as tmp:
                         ak.to_parquet(array, tmp, row_group_size=FUURE_ROW_GROUP_SIZE)
-                entry[f"jets_{split}"] = int(len(selected))
+                entry[f"jets_{split}"] = len(selected)
             entry["bytes"] = sum((out_dir / "fuure" / f"{sample}_{s}.parquet").stat().st_size for s in ("train", "test"))
         else:
             entry["bytes"] = sum(p.stat().st_size for p in (out_dir / "jetclass").glob(f"{sample}_*.root"))
