@@ -32,7 +32,7 @@ test-unit: install
 	$(BIN)/python -m pytest tests
 
 test-notebooks: install
-	MPLBACKEND=agg TAUML_PROGRESS=0 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks
+	TAUML_PROGRESS=0 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks
 
 format: install
 	$(BIN)/ruff check --fix tauml tests benchmarks notebooks

@@ -67,10 +67,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 @command("fetch")
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from tauml.data.manifest import fetch
+    from tauml.data.manifest import fetch, file_hash, file_names, local_path
 
-    path = fetch(args.name, progress=not args.quiet)
-    print(path)
+    if args.list or not args.name:
+        print("\n".join(file_names()))
+        return 0
+    if args.print_hash:
+        path = local_path(args.name)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: download {args.name} first (tauml fetch {args.name})")
+        print(file_hash(path, "md5"))
+        print(file_hash(path, "sha256"))
+        return 0
+    print(fetch(args.name, progress=not args.quiet, extract=args.extract))
     return 0
 
 
@@ -99,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("fetch", help="download a real dataset file listed in data_manifest.yaml")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", help="a file name from the manifest (see --list)")
+    p.add_argument("--list", action="store_true", help="list the files the manifest knows")
+    p.add_argument("--print-hash", action="store_true", help="print the md5 and sha256 of a downloaded file")
+    p.add_argument("--extract", action="store_true", help="unpack a .tar archive after downloading it")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("info", help="print a preset's settings and the cache folder")

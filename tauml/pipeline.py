@@ -139,3 +139,21 @@ def cache_key_path(kind: str, *parts: object) -> Path:
     from tauml.config import config_hash
 
     return cache_path(kind, config_hash(*parts))
+
+
+def detector_study(preset: str | Preset = "demo", events: int = 2000) -> dict[str, JetArrays]:
+    """Tau jets of the same ``z`` events seen by the realistic and by the ideal e+e- detector.
+
+    Both runs use the preset's seed and chunking, so Pythia generates identical events and only the detector
+    differs.  Returns ``{"realistic": ..., "ideal": ...}`` (train and test jets together).
+    """
+    from dataclasses import replace
+
+    base = _preset(preset).generation
+    result = {}
+    for name, realistic in (("realistic", True), ("ideal", False)):
+        config = replace(base, events={"z": events}, ee_detector=replace(base.ee_detector, realistic=realistic))
+        data = generate_cached(config)
+        result[name] = JetArrays.concatenate([_fuure_arrays(str(data.fuure("z", split)), False)
+                                              for split in ("train", "test")])
+    return result

@@ -326,7 +326,9 @@ def _softdrop_and_nsubjettiness(constituents: ak.Array) -> dict[str, np.ndarray]
             continue
         sel = np.flatnonzero(enough)
         sequence = fastjet.ClusterSequence(inputs[sel], fastjet.JetDefinition(fastjet.kt_algorithm, 0.8))
-        axes = sequence.exclusive_jets(n_jets=n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            axes = sequence.exclusive_jets(n_jets=n)
         a_eta, a_phi = (np.asarray(ak.to_numpy(v)).reshape(len(sel), n) for v in _eta_phi_ak(axes))
         full_eta = np.zeros((n_jets, n))
         full_phi = np.zeros((n_jets, n))

@@ -13,9 +13,12 @@ import fastjet
 import numba
 import numpy as np
 
+from tauml.utils import quiet_stdout
+
 EE_JET_R = 0.4
 EE_JET_P = -1.0
 PP_JET_R = 0.8
+_banner_printed = False
 
 
 def cluster(
@@ -41,6 +44,11 @@ def cluster(
         empty = ak.Array([[] for _ in range(len(inputs))])
         return ak.zip({k: ak.values_astype(empty, np.float64) for k in ("px", "py", "pz", "E")}), \
             ak.Array([[] for _ in range(len(inputs))])
+    global _banner_printed
+    if not _banner_printed:  # FastJet prints its banner once per process, from C++: keep notebooks clean
+        with quiet_stdout():
+            fastjet.ClusterSequence(inputs[:1], definition).inclusive_jets()
+        _banner_printed = True
     sequence = fastjet.ClusterSequence(inputs, definition)
     jets = sequence.inclusive_jets(min_pt=min_pt)
     index = sequence.constituent_index(min_pt=min_pt)
@@ -53,7 +61,7 @@ def eta_phi(px: ak.Array, py: ak.Array, pz: ak.Array) -> tuple[ak.Array, ak.Arra
     """Pseudorapidity and azimuth; a particle along the beam gets |eta| = 1e3 instead of infinity."""
     pt = np.hypot(px, py)
     eta = np.arcsinh(pz / np.maximum(pt, 1e-9))
-    return np.clip(eta, -1e3, 1e3), np.arctan2(py, px)
+    return np.minimum(np.maximum(eta, -1e3), 1e3), np.arctan2(py, px)
 
 
 def delta_r(eta1: np.ndarray, phi1: np.ndarray, eta2: np.ndarray, phi2: np.ndarray) -> np.ndarray:

@@ -17,14 +17,13 @@ sample returns to the Z pole.  Taus decay inside Pythia with their spin correlat
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 
 import awkward as ak
 import numpy as np
 
 from tauml.config import EE_SAMPLES, PP_SAMPLES
+from tauml.utils import quiet_stdout
 
 _COMMON = (
     "Next:numberCount = 0",
@@ -125,29 +124,12 @@ class GenEvents:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
 
-@contextlib.contextmanager
-def _quiet_stdout():
-    """Silence Pythia's C++ banner (it writes to file descriptor 1 directly)."""
-    try:
-        fd = os.dup(1)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 1)
-            os.close(fd)
-
-
 def generate_batch(sample: str, n_events: int, seed: int, ee_sqrt_s: float = 380.0,
                    pp_sqrt_s: float = 13000.0) -> GenEvents:
     """Generate ``n_events`` events of ``sample`` with Pythia seed ``seed``."""
     import pythia8mc
 
-    with _quiet_stdout():
+    with quiet_stdout():
         pythia = pythia8mc.Pythia("", False)
         for setting in pythia_settings(sample, seed, ee_sqrt_s, pp_sqrt_s):
             if not pythia.readString(setting):
