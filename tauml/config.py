@@ -30,6 +30,8 @@ ALL_SAMPLES: tuple[str, ...] = EE_SAMPLES + PP_SAMPLES
 
 TASKS: tuple[str, ...] = ("id", "reg", "dm")
 STRATEGIES: tuple[str, ...] = ("from_scratch", "fixed_backbone", "fine_tuning")
+#: Supervised baselines trained on the candidates directly; accepted wherever a strategy is.
+BASELINES: tuple[str, ...] = ("part", "deepset")
 
 
 class ConfigError(ValueError):
@@ -341,7 +343,8 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         _check(self.task in TASKS, f"task={self.task!r}; choose from {', '.join(TASKS)}")
-        _check(self.strategy in STRATEGIES, f"strategy={self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        _check(self.strategy in STRATEGIES + BASELINES,
+               f"strategy={self.strategy!r}; choose from {', '.join(STRATEGIES + BASELINES)}")
         _check(self.epochs > 0, f"epochs={self.epochs} must be positive")
         _check(0 <= self.unfreeze_epoch, f"unfreeze_epoch={self.unfreeze_epoch} must not be negative")
         _check(self.n_gpt_blocks >= 0, f"n_gpt_blocks={self.n_gpt_blocks} must be >= 0 (0 = all)")

@@ -157,3 +157,136 @@ def detector_study(preset: str | Preset = "demo", events: int = 2000) -> dict[st
         result[name] = JetArrays.concatenate([_fuure_arrays(str(data.fuure("z", split)), False)
                                               for split in ("train", "test")])
     return result
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Tokenizer, tokens, backbone
+# -----------------------------------------------------------------------------------------------------------
+
+
+def data_key(preset: str | Preset) -> str:
+    """Hash naming the generated dataset of a preset (changes with any generation setting or the format)."""
+    from tauml.cache import DATA_FORMAT_VERSION
+    from tauml.config import config_hash
+
+    return config_hash(_preset(preset).generation, DATA_FORMAT_VERSION)
+
+
+def tokenizer_key(preset: str | Preset) -> str:
+    """Hash naming a preset's tokenizer: its data, features and tokenizer settings."""
+    from tauml.cache import MODEL_FORMAT_VERSION
+    from tauml.config import config_hash
+
+    p = _preset(preset)
+    return config_hash(data_key(p), p.features, p.tokenizer, MODEL_FORMAT_VERSION)
+
+
+def backbone_key(preset: str | Preset) -> str:
+    """Hash naming a preset's pretrained backbone: its tokenizer and the GPT and pretraining settings."""
+    from tauml.config import config_hash
+
+    p = _preset(preset)
+    return config_hash(tokenizer_key(p), p.gpt, p.pretrain)
+
+
+def tokenizer_dir(preset: str | Preset) -> Path:
+    from tauml.cache import cache_path
+
+    return cache_path("tokenizer", tokenizer_key(preset))
+
+
+def tokenizer(preset: str | Preset = "demo", progress: bool = True):
+    """The preset's frozen VQ-VAE tokenizer, trained on the pp jets on first use (then read from the cache)."""
+    from tauml.models.vqvae import load_tokenizer
+    from tauml.training.tokenizer import train_tokenizer
+
+    p = _preset(preset)
+    folder = tokenizer_dir(p)
+    done = folder / "done.json"
+    if done.exists():
+        return load_tokenizer(folder / "tokenizer.pt")
+    split = pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed)
+    result = train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
+    from tauml.cache import write_json
+
+    write_json(done, {"tokenizer_key": tokenizer_key(p), "data_key": data_key(p)})
+    return result
+
+
+_TOKEN_CACHE: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def tokens(preset: str | Preset, jets: JetArrays, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token sequences and masks of ``jets`` under the preset's tokenizer, kept in memory under ``name``.
+
+    ``name`` identifies the jets (e.g. ``"id/train"``); the cache is keyed by the tokenizer too, so a
+    different preset or tokenizer never reuses stale tokens.
+    """
+    fingerprint = f"{len(jets)}/{float(jets.features.sum(dtype=np.float64)):.6e}"
+    key = (tokenizer_key(preset), f"{name}/{fingerprint}")
+    if key not in _TOKEN_CACHE:
+        tok = tokenizer(preset)
+        t, m = tok.tokenize(jets.features, jets.mask)
+        _TOKEN_CACHE[key] = (t.numpy(), m.numpy())
+    return _TOKEN_CACHE[key]
+
+
+def backbone_dir(preset: str | Preset) -> Path:
+    from tauml.cache import cache_path
+
+    return cache_path("backbone", backbone_key(preset))
+
+
+def gpt_config(preset: str | Preset):
+    """The preset's GPT settings with the vocabulary of its tokenizer (codebook size + 3)."""
+    from dataclasses import replace
+
+    from tauml.models.vqvae import CODE_OFFSET
+
+    p = _preset(preset)
+    return replace(p.gpt, vocab_size=p.tokenizer.codebook_size + CODE_OFFSET,
+                   max_len=p.features.max_constituents_jetclass + 2)
+
+
+def backbone_checkpoint(preset: str | Preset = "demo", progress: bool = True) -> Path:
+    """Path of the preset's pretrained backbone, pretrained on the tokenized pp jets on first use."""
+    from tauml.training.pretrain import BACKBONE_FILE, pretrain
+
+    p = _preset(preset)
+    folder = backbone_dir(p)
+    done = folder / "done.json"
+    if done.exists():
+        return folder / BACKBONE_FILE
+    split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
+    train_tokens, train_mask = tokens(p, split.train, "pp/train")
+    val_tokens, val_mask = tokens(p, split.val, "pp/val")
+    pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
+             progress=progress, metadata={"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)})
+    from tauml.cache import write_json
+
+    write_json(done, {"backbone_key": backbone_key(p)})
+    return folder / BACKBONE_FILE
+
+
+def backbone_history(preset: str | Preset = "demo") -> dict:
+    """The pretraining history (per-epoch losses, perplexities, throughput) of the preset's backbone."""
+    from tauml.training.pretrain import read_history
+
+    backbone_checkpoint(preset)
+    return read_history(backbone_dir(preset))
+
+
+def model_key(preset: str | Preset) -> str:
+    """Hash of everything a fine-tuning result depends on besides its own settings."""
+    from tauml.config import config_hash
+
+    p = _preset(preset)
+    return config_hash(backbone_key(p), p.head)
+
+
+def finetune_dir(preset: str | Preset, config) -> Path:
+    """The cache folder of one fine-tuning configuration (a resolved FinetuneConfig)."""
+    from tauml.cache import cache_path
+    from tauml.config import config_hash
+
+    return cache_path("finetune", config_hash(model_key(preset), config))

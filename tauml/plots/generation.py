@@ -1,0 +1,186 @@
+"""Generated jets against real ones, and the backbone's pretraining curves.
+
+:func:`jet_observables` turns constituent features (``docs/conventions.md``) back into physics: multiplicity,
+jet mass and pT, constituent pT and angles, particle-type fractions.  :func:`plot_generated_vs_real` draws
+each observable for real and generated jets, normalised to unit area, with a generated/real ratio panel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hist
+import matplotlib.pyplot as plt
+import mplhep as hep
+import numpy as np
+
+from tauml.config import FeatureConfig
+from tauml.data.features import PID_NAMES, inverse_transform
+from tauml.plots import COLORS, label, ratio_axes, ratio_with_errors
+
+#: name -> (axis label with units, per-jet or per-constituent, log-spaced bins)
+OBSERVABLES: dict[str, tuple[str, str, bool]] = {
+    "multiplicity": ("Number of constituents", "jet", False),
+    "jet_mass": (r"Jet mass $m_\mathrm{jet}$ [GeV]", "jet", False),
+    "jet_pt": (r"Jet $p_T$ [GeV]", "jet", False),
+    "constituent_pt": (r"Constituent $p_T$ [GeV]", "constituent", True),
+    "deta": (r"Constituent $\Delta\eta$ to the jet axis", "constituent", False),
+    "dphi": (r"Constituent $\Delta\phi$ to the jet axis [rad]", "constituent", False),
+}
+
+
+def jet_observables(features: Any, mask: Any, feature_config: FeatureConfig | None = None) -> dict[str, np.ndarray]:
+    """Physics observables of jets given as transformed features ``(n_jets, P, 10)`` and a boolean mask ``(n_jets, P)``.
+
+    Per jet: ``multiplicity``; ``jet_mass`` and ``jet_pt`` [GeV] of the constituent sum, each constituent
+    placed at ``eta = deta``, ``phi = dphi`` around an axis at (0, 0) (a jet's mass and pT do not depend on
+    where its axis points).  Per real constituent: ``constituent_pt`` [GeV], ``deta``, ``dphi`` [rad].
+    ``pid_fractions``: the share of each particle type (``PID_NAMES``) among all constituents.
+    """
+    features, mask = _numpy(features).astype(np.float64), _numpy(mask)
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be boolean (True = real constituent), got {mask.dtype}")
+    if features.ndim != 3 or features.shape[:2] != mask.shape:
+        raise ValueError(f"features {features.shape} must be (n_jets, P, 10) with mask (n_jets, P); got mask {mask.shape}")
+    physical = inverse_transform(features, feature_config or FeatureConfig())
+    pt, eta, phi = (np.where(mask, physical[k], 0.0) for k in ("pt", "deta", "dphi"))
+    mass = np.where(mask, np.clip(physical["mass"], 0.0, None), 0.0)
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    energy = np.where(mask, np.sqrt(px**2 + py**2 + pz**2 + mass**2), 0.0)
+    jet = [a.sum(axis=1) for a in (px, py, pz, energy)]
+    jet_mass = np.sqrt(np.clip(jet[3] ** 2 - jet[0] ** 2 - jet[1] ** 2 - jet[2] ** 2, 0.0, None))
+    pid = physical["pid"][mask]
+    counts = np.bincount(pid, minlength=len(PID_NAMES)).astype(np.float64)
+    return {
+        "multiplicity": mask.sum(axis=1),
+        "jet_mass": jet_mass,
+        "jet_pt": np.hypot(jet[0], jet[1]),
+        "constituent_pt": physical["pt"][mask],
+        "deta": physical["deta"][mask],
+        "dphi": physical["dphi"][mask],
+        "pid_fractions": counts / max(counts.sum(), 1.0),
+    }
+
+
+def plot_generated_vs_real(
+    real_features: Any, real_mask: Any, gen_features: Any, gen_mask: Any,
+    feature_config: FeatureConfig | None = None, text: str = "",
+) -> dict[str, plt.Figure]:
+    """One figure per observable (normalised histograms with a generated/real ratio panel) and one of the
+    particle-type fractions; returns ``{name: figure}`` with the names of :data:`OBSERVABLES` and
+    ``"pid_fractions"``.  ``text`` goes on the right of the experiment label (e.g. the sample)."""
+    real = jet_observables(real_features, real_mask, feature_config)
+    generated = jet_observables(gen_features, gen_mask, feature_config)
+    figures = {}
+    for name, (axis_label, kind, log_bins) in OBSERVABLES.items():
+        axis = _axis(name, axis_label, real[name], log_bins)
+        h_real = hist.Hist(axis, storage=hist.storage.Weight()).fill(real[name])
+        h_gen = hist.Hist(axis, storage=hist.storage.Weight()).fill(generated[name])
+        fig, ax, rax = ratio_axes()
+        unit = "jets" if kind == "jet" else "constituents"
+        _compare(ax, rax, h_real, h_gen, f"Fraction of {unit}",
+                 f"Real ({len(real[name])} {unit})", f"Generated ({len(generated[name])} {unit})")
+        if log_bins:
+            ax.set_xscale("log")
+        label(ax, text)
+        figures[name] = fig
+    figures["pid_fractions"] = _plot_pid_fractions(real, generated, len(real["constituent_pt"]),
+                                                   len(generated["constituent_pt"]), text)
+    return figures
+
+
+def plot_training_curves(history: dict[str, Any], unigram_perplexity: float | None = None) -> plt.Figure:
+    """Training and validation loss (nats per token) and validation perplexity per epoch of a pretraining run
+    (:func:`tauml.training.pretrain.pretrain`'s history), with the no-learning unigram perplexity as a line."""
+    records = history["epochs"]
+    if not records:
+        raise ValueError("the history holds no finished epoch yet")
+    unigram = history.get("unigram_perplexity") if unigram_perplexity is None else unigram_perplexity
+    epochs = np.array([r["epoch"] for r in records]) + 1
+    fig, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(13.0, 5.5))
+    loss_ax.plot(epochs, [r["train_loss"] for r in records], "o-", color=COLORS["from_scratch"], label="Training")
+    loss_ax.plot(epochs, [r["val_loss"] for r in records], "s-", color=COLORS["fine_tuning"], label="Validation")
+    loss_ax.set(xlabel="Epoch", ylabel="Next-token loss [nats / token]")
+    ppl_ax.plot(epochs, np.exp([r["train_loss"] for r in records]), "o-", color=COLORS["from_scratch"],
+                label="Training")
+    ppl_ax.plot(epochs, [r["val_perplexity"] for r in records], "s-", color=COLORS["fine_tuning"],
+                label="Validation")
+    if unigram is not None:
+        loss_ax.axhline(np.log(unigram), color=COLORS["reference"], ls="--", label="Unigram (no learning)")
+        ppl_ax.axhline(unigram, color=COLORS["reference"], ls="--", label="Unigram (no learning)")
+    ppl_ax.set(xlabel="Epoch", ylabel="Perplexity", yscale="log")
+    for ax in (loss_ax, ppl_ax):
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.legend()
+    fig.subplots_adjust(wspace=0.35)
+    return fig
+
+
+def _axis(name: str, axis_label: str, values: np.ndarray, log_bins: bool) -> hist.axis.AxesMixin:
+    """Binning from the real jets: integers for the multiplicity, else 40 bins over their 0.5-99.5% range."""
+    if name == "multiplicity":
+        return hist.axis.Integer(0, int(values.max()) + 2, name=name, label=axis_label)
+    if log_bins:
+        low, high = np.percentile(values[values > 0], [0.5, 99.5])
+        return hist.axis.Regular(40, low, high, transform=hist.axis.transform.log, name=name, label=axis_label)
+    low, high = np.percentile(values, [0.5, 99.5])
+    if name in ("deta", "dphi"):  # symmetric around the axis
+        low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
+    return hist.axis.Regular(40, low, high if high > low else low + 1.0, name=name, label=axis_label)
+
+
+def _compare(ax: plt.Axes, rax: plt.Axes, h_real: hist.Hist, h_gen: hist.Hist, ylabel: str,
+             real_label: str, gen_label: str) -> None:
+    """Histograms of real and generated values as fractions per bin (of the entries in range), and
+    generated/real with statistical errors."""
+    (real, real_var), (gen, gen_var) = (_normalised(h) for h in (h_real, h_gen))
+    hep.histplot(real, h_real.axes[0].edges, ax=ax, histtype="fill", alpha=0.35, color=COLORS["real"],
+                 label=real_label)
+    hep.histplot(gen, h_gen.axes[0].edges, yerr=np.sqrt(gen_var), ax=ax, histtype="step",
+                 color=COLORS["generated"], lw=2, label=gen_label)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("")
+    ax.set_ylim(0.0, 1.5 * max(real.max(), gen.max(), 1e-9))
+    ax.legend()
+    ratio, error = ratio_with_errors(gen, real, gen_var, real_var)
+    centers = h_real.axes[0].centers
+    rax.errorbar(centers, ratio, yerr=error, fmt="o", ms=3, color=COLORS["generated"])
+    rax.axhline(1.0, color=COLORS["real"], lw=1)
+    rax.set_ylim(0.0, 2.0)
+    rax.set_ylabel("Gen. / real")
+    rax.set_xlabel(h_real.axes[0].label)
+
+
+def _normalised(h: hist.Hist) -> tuple[np.ndarray, np.ndarray]:
+    total = max(float(h.values().sum()), 1.0)
+    return h.values() / total, h.variances() / total**2
+
+
+def _plot_pid_fractions(real: dict[str, np.ndarray], generated: dict[str, np.ndarray], n_real: int, n_gen: int,
+                        text: str) -> plt.Figure:
+    fig, ax, rax = ratio_axes()
+    positions = np.arange(len(PID_NAMES))
+    width = 0.4
+    ax.bar(positions - width / 2, real["pid_fractions"], width, color=COLORS["real"], label=f"Real ({n_real} constituents)")
+    ax.bar(positions + width / 2, generated["pid_fractions"], width, color=COLORS["generated"],
+           label=f"Generated ({n_gen} constituents)")
+    ax.set_ylabel("Fraction of constituents")
+    ax.set_ylim(0.0, 1.5 * max(real["pid_fractions"].max(), generated["pid_fractions"].max(), 1e-9))
+    ax.legend()
+    label(ax, text)
+    real_counts, gen_counts = real["pid_fractions"] * n_real, generated["pid_fractions"] * n_gen
+    ratio, error = ratio_with_errors(gen_counts / max(n_gen, 1), real_counts / max(n_real, 1),
+                                     gen_counts / max(n_gen, 1) ** 2, real_counts / max(n_real, 1) ** 2)
+    rax.errorbar(positions, ratio, yerr=error, fmt="o", color=COLORS["generated"])
+    rax.axhline(1.0, color=COLORS["real"], lw=1)
+    rax.set_ylim(0.0, 2.0)
+    rax.set_ylabel("Gen. / real")
+    rax.set_xticks(positions, [name.replace(" ", "\n") for name in PID_NAMES])
+    rax.set_xlabel("Particle type")
+    return fig
+
+
+def _numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
