@@ -83,6 +83,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tauml.demo import print_summary, run_series
+
+    summary = run_series(args.preset, args.results, notebooks=args.notebooks or None)
+    print_summary(summary)
+    return 0
+
+
 @command("info")
 def cmd_info(args: argparse.Namespace) -> int:
     from tauml.cache import cache_dir
@@ -113,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-hash", action="store_true", help="print the md5 and sha256 of a downloaded file")
     p.add_argument("--extract", action="store_true", help="unpack a .tar archive after downloading it")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("demo", help="generate the data and run the notebook series headless")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--results", default="results", help="folder for executed notebooks, figures, summary.json")
+    p.add_argument("--notebooks", nargs="*", help="run only these notebooks (names without .ipynb)")
 
     p = sub.add_parser("info", help="print a preset's settings and the cache folder")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
