@@ -3,9 +3,14 @@
     tauml generate --preset demo [--out DIR]             the embedded datasets of a preset
     tauml generate --sample z --events 5000 --seed 1 --out DIR
     tauml fetch NAME                                    a real dataset file from data_manifest.yaml
+    tauml train-tokenizer --preset demo                 the VQ-VAE tokenizer on the pp jets
+    tauml pretrain --preset demo                        the GPT backbone, by next-token prediction
+    tauml finetune --task reg --strategy fine_tuning --unfreeze-epoch 10 --gpt-blocks 3 --train-size 2000 --seed 1
+    tauml evaluate --task reg --strategy fine_tuning ... --out metrics.json
+    tauml demo [--preset demo] [--results results]      the notebook series, headless
     tauml info [--preset demo]                          settings and cache locations
 
-Later subcommands (train-tokenizer, pretrain, finetune, evaluate, scan, demo) are registered below.
+Every step is cached by configuration: running it again returns at once, an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from tauml.config import ALL_SAMPLES, PRESETS, ConfigError, get_preset, to_dict
+from tauml.config import ALL_SAMPLES, BASELINES, PRESETS, STRATEGIES, TASKS, ConfigError, get_preset, to_dict
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -83,6 +88,83 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("train-tokenizer")
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from tauml import pipeline
+    from tauml.training.tokenizer import tokenization_metrics
+
+    preset = get_preset(args.preset)
+    tokenizer = pipeline.tokenizer(preset, progress=not args.quiet)
+    split = pipeline.pp_split(preset, preset.tokenizer.val_fraction, preset.tokenizer.seed)
+    metrics = tokenization_metrics(tokenizer, split.val)
+    print(f"tokenizer in {pipeline.tokenizer_dir(preset)}")
+    print(f"  codebook {tokenizer.codebook_size}: utilisation {metrics['utilisation']:.3f}, "
+          f"perplexity {metrics['perplexity']:.1f} on {len(split.val)} validation jets")
+    print(f"  particle type accuracy {metrics['pid_accuracy']:.4f}, charge accuracy {metrics['charge_accuracy']:.4f}")
+    return 0
+
+
+@command("pretrain")
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tauml import pipeline
+
+    preset = get_preset(args.preset)
+    path = pipeline.backbone_checkpoint(preset, progress=not args.quiet)
+    history = pipeline.backbone_history(preset)
+    best = history["epochs"][history["best_epoch"]]
+    print(f"backbone in {path}")
+    print(f"  best epoch {history['best_epoch'] + 1}: validation perplexity {best['val_perplexity']:.1f} "
+          f"(unigram baseline {history['unigram_perplexity']:.1f}), {best['tokens_per_s']:.0f} tokens/s")
+    return 0
+
+
+def _finetune_config(args: argparse.Namespace):
+    preset = get_preset(args.preset)
+    changes = {"task": args.task, "strategy": args.strategy}
+    for name in ("unfreeze_epoch", "train_size", "val_size", "seed", "epochs", "batch_size", "lr", "device"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    if args.gpt_blocks is not None:
+        changes["n_gpt_blocks"] = args.gpt_blocks
+    config = replace(preset.finetune, **changes)
+    config.validate()
+    return preset, config
+
+
+@command("finetune")
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from tauml.training.finetune import finetune
+
+    preset, config = _finetune_config(args)
+    result = finetune(preset, config, progress=not args.quiet)
+    print(f"{config.task} with {config.strategy}: best epoch {result.best_epoch + 1} of {config.epochs}, "
+          f"results in {result.folder}")
+    for key, value in result.headline.items():
+        print(f"  {key:14s} {value:.4f}")
+    for key in ("resolution", "median", "accuracy"):
+        if key in result.reference:
+            print(f"  no-learning reference {key}: {result.reference[key]:.4f}")
+    return 0
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tauml.cache import write_json
+    from tauml.training.finetune import finetune
+
+    preset, config = _finetune_config(args)
+    result = finetune(preset, config, progress=not args.quiet)
+    payload = {"config": to_dict(result.config), "metrics": result.metrics, "reference": result.reference,
+               "best_epoch": result.best_epoch, "preset": preset.name}
+    if args.out:
+        write_json(args.out, payload)
+        print(f"metrics written to {args.out}")
+    else:
+        print(json.dumps(payload, indent=2, default=str))
+    return 0
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from tauml.demo import print_summary, run_series
@@ -122,6 +204,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-hash", action="store_true", help="print the md5 and sha256 of a downloaded file")
     p.add_argument("--extract", action="store_true", help="unpack a .tar archive after downloading it")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("train-tokenizer", help="train the preset's VQ-VAE tokenizer on the pp jets (cached)")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("pretrain", help="pretrain the preset's GPT backbone by next-token prediction (cached)")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--quiet", action="store_true")
+
+    for name, text in (("finetune", "train a tau model on one task with one strategy (cached)"),
+                       ("evaluate", "the test metrics of a (cached) training, as JSON")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+        p.add_argument("--task", required=True, choices=TASKS)
+        p.add_argument("--strategy", required=True, choices=STRATEGIES + BASELINES)
+        p.add_argument("--unfreeze-epoch", type=int, help="fine_tuning: epoch at which the backbone is unfrozen")
+        p.add_argument("--gpt-blocks", type=int, help="number of pretrained GPT blocks to use (default all)")
+        p.add_argument("--train-size", type=int)
+        p.add_argument("--val-size", type=int)
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--lr", type=float)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--device", help="auto, cpu or cuda")
+        p.add_argument("--quiet", action="store_true")
+        if name == "evaluate":
+            p.add_argument("--out", help="write the metrics to this JSON file")
 
     p = sub.add_parser("demo", help="generate the data and run the notebook series headless")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))

@@ -398,11 +398,11 @@ DEMO = Preset(
         chunk_events=500,
     ),
     features=FeatureConfig(),
-    tokenizer=TokenizerConfig(),
+    tokenizer=TokenizerConfig(epochs=20, batch_size=128, train_jets=0),
     gpt=GPTConfig(),
     pretrain=PretrainConfig(),
     head=HeadConfig(),
-    finetune=FinetuneConfig(),
+    finetune=FinetuneConfig(val_size=1000),
     scan=ScanConfig(),
 )
 

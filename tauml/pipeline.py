@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tauml.config import PP_SAMPLES, TASKS, Preset, get_preset
+from tauml.config import PP_SAMPLES, TASKS, Preset, get_preset, to_dict
 from tauml.data.features import JetArrays, jet_arrays
 from tauml.data.generate import GeneratedData, generate_cached
 from tauml.data.schema import DataError
@@ -189,6 +189,24 @@ def backbone_key(preset: str | Preset) -> str:
     return config_hash(tokenizer_key(p), p.gpt, p.pretrain)
 
 
+def cached_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
+    """Tokenizers already trained on the preset's data with its features, by a short description of how their
+    settings differ from the preset's (``"preset"`` for the preset's own), e.g. ``"codebook_size=128"``."""
+    from tauml.cache import cache_dir, read_json
+
+    p = _preset(preset)
+    wanted = {"data_key": data_key(p), "features": to_dict(p.features)}
+    own = to_dict(p.tokenizer)
+    found = {}
+    for done in sorted((cache_dir() / "tokenizer").glob("*/done.json")):
+        info = read_json(done)
+        if any(info.get(k) != v for k, v in wanted.items()) or "tokenizer" not in info:
+            continue
+        diff = [f"{k}={v}" for k, v in info["tokenizer"].items() if own.get(k) != v]
+        found[", ".join(diff) or "preset"] = done.parent / "tokenizer.pt"
+    return found
+
+
 def tokenizer_dir(preset: str | Preset) -> Path:
     from tauml.cache import cache_path
 
@@ -197,19 +215,20 @@ def tokenizer_dir(preset: str | Preset) -> Path:
 
 def tokenizer(preset: str | Preset = "demo", progress: bool = True):
     """The preset's frozen VQ-VAE tokenizer, trained on the pp jets on first use (then read from the cache)."""
+    from tauml.cache import locked, write_json
     from tauml.models.vqvae import load_tokenizer
     from tauml.training.tokenizer import train_tokenizer
 
     p = _preset(preset)
     folder = tokenizer_dir(p)
     done = folder / "done.json"
-    if done.exists():
-        return load_tokenizer(folder / "tokenizer.pt")
-    split = pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed)
-    result = train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
-    from tauml.cache import write_json
-
-    write_json(done, {"tokenizer_key": tokenizer_key(p), "data_key": data_key(p)})
+    with locked(folder):
+        if done.exists():
+            return load_tokenizer(folder / "tokenizer.pt")
+        split = pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed)
+        result = train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
+        write_json(done, {"tokenizer_key": tokenizer_key(p), "data_key": data_key(p),
+                          "tokenizer": to_dict(p.tokenizer), "features": to_dict(p.features)})
     return result
 
 
@@ -250,21 +269,21 @@ def gpt_config(preset: str | Preset):
 
 def backbone_checkpoint(preset: str | Preset = "demo", progress: bool = True) -> Path:
     """Path of the preset's pretrained backbone, pretrained on the tokenized pp jets on first use."""
+    from tauml.cache import locked, write_json
     from tauml.training.pretrain import BACKBONE_FILE, pretrain
 
     p = _preset(preset)
     folder = backbone_dir(p)
     done = folder / "done.json"
-    if done.exists():
-        return folder / BACKBONE_FILE
-    split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
-    train_tokens, train_mask = tokens(p, split.train, "pp/train")
-    val_tokens, val_mask = tokens(p, split.val, "pp/val")
-    pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
-             progress=progress, metadata={"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)})
-    from tauml.cache import write_json
-
-    write_json(done, {"backbone_key": backbone_key(p)})
+    with locked(folder):
+        if done.exists():
+            return folder / BACKBONE_FILE
+        split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
+        train_tokens, train_mask = tokens(p, split.train, "pp/train")
+        val_tokens, val_mask = tokens(p, split.val, "pp/val")
+        pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
+                 progress=progress, metadata={"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)})
+        write_json(done, {"backbone_key": backbone_key(p)})
     return folder / BACKBONE_FILE
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from tauml.cache import DATA_FORMAT_VERSION, atomic_path, cache_path, write_json
+from tauml.cache import DATA_FORMAT_VERSION, atomic_path, cache_path, locked, write_json
 from tauml.config import EE_SAMPLES, GenerationConfig, config_hash, to_dict
 from tauml.data import jets as jetlib
 from tauml.data.detector import Candidates, simulate_ee, simulate_pp
@@ -620,7 +620,11 @@ def _merge(out_dir: Path, config: GenerationConfig, tasks: list[ChunkTask]) -> d
 
 def generate_cached(config: GenerationConfig, workers: int | None = None, progress: bool = True) -> GeneratedData:
     """The dataset of ``config`` from tauml's cache, generated first if missing (see :mod:`tauml.cache`)."""
-    return generate(config, cache_path("data", config_hash(config, DATA_FORMAT_VERSION)), workers, progress)
+    folder = cache_path("data", config_hash(config, DATA_FORMAT_VERSION))
+    if (folder / MANIFEST).exists():
+        return GeneratedData(folder, json.loads((folder / MANIFEST).read_text()))
+    with locked(folder.parent / f".{folder.name}-lock"):
+        return generate(config, folder, workers, progress)
 
 
 __all__ = ["GeneratedData", "find_taus", "generate", "generate_cached", "process_ee", "process_pp", "run_chunk"]

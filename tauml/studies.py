@@ -1,0 +1,190 @@
+"""The comparison of notebook 03: every task, every strategy and the baselines, beside the paper's claims.
+
+    results = run_comparison("demo")                 # {task: {model: [FinetuneResult per seed]}}
+    headline_rows(results)                           # a table: mean ± std of each task's headline metric
+    claims_rows(results)                             # the core paper's claims beside what this run shows
+    figures = comparison_figures(results)            # loss curves, ROC, response, resolution, confusion
+
+Every training is cached (``tauml.training.finetune``), so a second call costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from tauml.config import BASELINES, STRATEGIES, TASKS, Preset
+from tauml.training.finetune import FinetuneResult, finetune
+
+Results = dict[str, dict[str, list[FinetuneResult]]]
+
+#: The headline metric of each task, and whether larger is better.
+HEADLINE: dict[str, tuple[str, bool]] = {"id": ("misid_at_80", False), "reg": ("resolution", False),
+                                         "dm": ("weighted_auc", True)}
+#: Readable names of the metrics.
+METRIC_LABELS: dict[str, str] = {
+    "misid_at_80": "mis-ID at 80 % τ efficiency", "auc": "AUC", "resolution": "pT resolution IQR/median",
+    "median": "pT scale (median response)", "iqr": "IQR of the response", "weighted_auc": "weighted one-vs-rest AUC",
+    "accuracy": "accuracy", "macro_f1": "macro F1",
+}
+
+
+def run_comparison(preset: str | Preset, tasks: Sequence[str] = TASKS,
+                   models: Sequence[str] = STRATEGIES + BASELINES, seeds: Sequence[int] = (1,),
+                   progress: bool = True, **settings: Any) -> Results:
+    """Train (or load) every (task, model, seed); ``settings`` override the preset's FinetuneConfig
+    (e.g. ``train_size=2000``, ``unfreeze_epoch=10``)."""
+    from tauml import pipeline
+    from tauml.training.common import progress as progress_bar
+
+    p = pipeline._preset(preset)
+    jobs = [(task, model, seed) for task in tasks for model in models for seed in seeds]
+    results: Results = {task: {model: [] for model in models} for task in tasks}
+    bar = progress_bar(jobs, desc="trainings", unit="model", disable=not progress or None, leave=True)
+    for task, model, seed in bar:
+        bar.set_postfix_str(f"{task} {model} seed {seed}")
+        config = replace(p.finetune, task=task, strategy=model, seed=seed, **settings)
+        results[task][model].append(finetune(p, config, progress=False))
+    return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def headline_rows(results: Results) -> list[dict[str, Any]]:
+    """One row per (task, model) with mean ± std of the task's metrics, then the no-learning reference."""
+    rows = []
+    for task, by_model in results.items():
+        reference = None
+        for model, runs in by_model.items():
+            if not runs:
+                continue
+            keys = {"id": ("misid_at_80", "auc"), "reg": ("resolution", "median"), "dm": ("weighted_auc", "accuracy")}
+            row: dict[str, Any] = {"task": task, "model": model}
+            for key in keys[task]:
+                mean, std = _mean_std([r.metrics[key] for r in runs])
+                row[METRIC_LABELS[key]] = f"{mean:.4g} ± {std:.2g}" if len(runs) > 1 else f"{mean:.4g}"
+            row["trainable parameters"] = runs[0].n_trainable_parameters
+            rows.append(row)
+            reference = runs[0].reference
+        if reference and task == "reg":
+            rows.append({"task": task, "model": "reco-jet pT (no learning)",
+                         METRIC_LABELS["resolution"]: f"{reference['resolution']:.4g}",
+                         METRIC_LABELS["median"]: f"{reference['median']:.4g}", "trainable parameters": 0})
+        if reference and task == "dm":
+            rows.append({"task": task, "model": "counting candidates (no learning)",
+                         METRIC_LABELS["weighted_auc"]: "—",
+                         METRIC_LABELS["accuracy"]: f"{reference['accuracy']:.4g}", "trainable parameters": 0})
+    return rows
+
+
+def beats_reference(results: Results) -> list[str]:
+    """Sentences saying, for reg and dm, which models beat the no-learning reference and which do not."""
+    lines = []
+    for task, key, ref_key, better in (("reg", "resolution", "resolution", "smaller"),
+                                       ("dm", "accuracy", "accuracy", "larger")):
+        if task not in results:
+            continue
+        for model, runs in results[task].items():
+            if not runs:
+                continue
+            value = float(np.mean([r.metrics[key] for r in runs]))
+            ref = runs[0].reference[ref_key]
+            ok = value < ref if better == "smaller" else value > ref
+            what = "reco-jet pT" if task == "reg" else "counting candidates"
+            lines.append(f"{task}: {model} {'beats' if ok else 'does NOT beat'} {what} "
+                         f"({key} {value:.4g} vs {ref:.4g})")
+    return lines
+
+
+def _headline(results: Results, task: str, model: str) -> float | None:
+    runs = results.get(task, {}).get(model) or []
+    return float(np.mean([r.metrics[HEADLINE[task][0]] for r in runs])) if runs else None
+
+
+def claims_rows(results: Results) -> list[dict[str, Any]]:
+    """The core paper's claims (arXiv:2503.19165; ``physics.md``) beside the numbers of this run.
+
+    ``change`` is the relative improvement of the first model over the second (positive = better).
+    """
+    def improvement(task: str, a: str, b: str) -> float | None:
+        va, vb = _headline(results, task, a), _headline(results, task, b)
+        if va is None or vb is None or vb == 0:
+            return None
+        higher = HEADLINE[task][1]
+        return (va - vb) / abs(vb) if higher else (vb - va) / vb
+
+    claims = [
+        ("reg", "fine_tuning", "from_scratch", "fine-tuning narrows the pT resolution vs from scratch", "~50 %"),
+        ("id", "fine_tuning", "from_scratch", "fine-tuning lowers the mis-ID at 80 % vs from scratch", "~20 %"),
+        ("dm", "fine_tuning", "from_scratch", "fine-tuning raises the decay-mode AUC vs from scratch", "> 0"),
+        ("id", "part", "fine_tuning", "ParT lowers the mis-ID at 80 % vs fine-tuning", "~70 % (large samples)"),
+        ("dm", "part", "fine_tuning", "ParT raises the decay-mode AUC vs fine-tuning", "~5 % (large samples)"),
+        ("reg", "fine_tuning", "part", "fine-tuning narrows the pT resolution vs ParT", "~30 %"),
+    ]
+    rows = []
+    for task, a, b, text, paper in claims:
+        change = improvement(task, a, b)
+        if change is None:
+            continue
+        rows.append({"claim": text, "paper": paper, "this run": f"{100 * change:+.1f} %",
+                     "agrees in sign": "yes" if change > 0 else "no"})
+    for task in results:
+        values = {m: _headline(results, task, m) for m in STRATEGIES}
+        if all(v is not None for v in values.values()):
+            higher = HEADLINE[task][1]
+            worst = (min if higher else max)(values, key=values.get)
+            rows.append({"claim": f"{task}: the fixed backbone is the worst of the three strategies",
+                         "paper": "yes", "this run": f"worst: {worst}",
+                         "agrees in sign": "yes" if worst == "fixed_backbone" else "no"})
+    return rows
+
+
+def comparison_figures(results: Results, save_prefix: str | None = "03") -> dict[str, plt.Figure]:
+    """The figures a reader of the paper expects, from a comparison's results."""
+    from tauml.plots import save
+    from tauml.plots import tau as tplots
+
+    figures: dict[str, plt.Figure] = {}
+    for task, by_model in results.items():
+        models = {m: runs for m, runs in by_model.items() if runs}
+        unfreeze = next((runs[0].config.unfreeze_epoch for m, runs in models.items() if m == "fine_tuning"), None)
+        figures[f"{task}_val_loss"] = tplots.plot_loss_curves(
+            {m: [r.history["val_loss"] for r in runs] for m, runs in models.items()},
+            unfreeze_epoch=unfreeze, text=f"{task}: validation loss")
+        if task == "id":
+            figures["id_roc"] = tplots.plot_roc(
+                {m: [(r.predictions["score"], r.predictions["is_tau"]) for r in runs] for m, runs in models.items()},
+                text="τ identification")
+        elif task == "reg":
+            first = next(iter(models.values()))[0]
+            reco = first.predictions["reco_pt"] / first.predictions["vis_pt"]
+            figures["reg_response"] = tplots.plot_response(
+                {m: runs[0].predictions["pred_pt"] / runs[0].predictions["vis_pt"] for m, runs in models.items()},
+                reco_response=reco, text="visible τ pT")
+            runs_by_model = {m: [(r.predictions["pred_pt"], r.predictions["vis_pt"]) for r in runs]
+                             for m, runs in models.items()}
+            runs_by_model["reference"] = [(first.predictions["reco_pt"], first.predictions["vis_pt"])]
+            figures["reg_resolution_vs_pt"] = tplots.plot_resolution_vs_pt(runs_by_model, text="visible τ pT")
+        elif task == "dm":
+            from tauml.metrics import confusion_matrix
+
+            for m in ("fine_tuning", "part"):
+                if m in models:
+                    r = models[m][0]
+                    figures[f"dm_confusion_{m}"] = tplots.plot_confusion(
+                        confusion_matrix(r.predictions["dm"], r.predictions["probs"].argmax(1), 6),
+                        text=f"decay mode: {m}")
+            first = next(iter(models.values()))[0]
+            figures["dm_confusion_counting"] = tplots.plot_confusion(
+                confusion_matrix(first.predictions["dm"], first.predictions["counting"], 6),
+                text="decay mode: counting (no learning)")
+    if save_prefix:
+        for name, fig in figures.items():
+            save(fig, f"{save_prefix}_{name}")
+    return figures

@@ -1,0 +1,164 @@
+"""The whole chain on real (tiny) data: generation -> tokenizer -> pretrained backbone -> every task, strategy
+and baseline -> metrics; caching, resume, reproducibility, frozen weights, the command line and the panel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tauml import pipeline
+from tauml.config import BASELINES, PRESETS, STRATEGIES, TASKS, ConfigError
+from tauml.models.gpt import load_backbone
+from tauml.models.vqvae import PAD_ID, START_ID, STOP_ID
+from tauml.training.finetune import MODEL_FILE, finetune
+
+
+@pytest.fixture(scope="module")
+def built(tiny_preset, tiny_dataset):
+    """The tiny preset's tokenizer and backbone, built through the cached pipeline."""
+    tokenizer = pipeline.tokenizer(tiny_preset, progress=False)
+    checkpoint = pipeline.backbone_checkpoint(tiny_preset, progress=False)
+    return tokenizer, checkpoint
+
+
+def test_tokenizer_and_backbone_come_from_the_cache_the_second_time(tiny_preset, built):
+    tokenizer, checkpoint = built
+    again = pipeline.tokenizer(tiny_preset)
+    assert again.frozen and not again.training
+    for a, b in zip(tokenizer.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert pipeline.backbone_checkpoint(tiny_preset) == checkpoint
+    history = pipeline.backbone_history(tiny_preset)
+    assert history["unigram_perplexity"] > 1 and len(history["epochs"]) == tiny_preset.pretrain.epochs
+    assert "preset" in pipeline.cached_tokenizers(tiny_preset)
+
+
+def test_tau_jets_become_tokens_in_the_one_convention(tiny_preset, built):
+    jets = pipeline.tau_jets(tiny_preset, "dm", "train")
+    tokens, mask = pipeline.tokens(tiny_preset, jets, "dm/train")
+    assert tokens.shape == (len(jets), jets.mask.shape[1] + 2)
+    assert np.all(tokens[:, 0] == START_ID)
+    n = jets.mask.sum(1)
+    assert np.all(tokens[np.arange(len(jets)), n + 1] == STOP_ID)
+    assert np.all(tokens[~mask] == PAD_ID)
+    assert np.all(jets.jet_pt > tiny_preset.finetune.dm_min_jet_pt)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_strategy_and_baseline_trains_and_is_evaluated(tiny_preset, built, task):
+    for strategy in STRATEGIES + BASELINES:
+        config = replace(tiny_preset.finetune, task=task, strategy=strategy)
+        result = finetune(tiny_preset, config, progress=False)
+        assert len(result.history["val_loss"]) == config.epochs
+        assert all(np.isfinite(v) for v in result.headline.values()), (task, strategy, result.headline)
+        if task == "reg":
+            assert result.reference["resolution"] > 0
+            assert result.predictions["pred_pt"].shape == result.predictions["vis_pt"].shape
+        if task == "dm":
+            assert 0 <= result.reference["accuracy"] <= 1
+        if task == "id":
+            assert set(np.unique(result.predictions["is_tau"])) == {0, 1}
+        cached = finetune(tiny_preset, config, progress=False)
+        assert cached.metrics == result.metrics and cached.folder == result.folder
+
+
+def _backbone_tensors(result_folder):
+    state = torch.load(result_folder / MODEL_FILE, weights_only=True)
+    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def test_frozen_backbone_never_changes_and_fine_tuning_changes_it(tiny_preset, built):
+    _, checkpoint = built
+    pretrained = load_backbone(checkpoint).state_dict()
+    fixed = finetune(tiny_preset, replace(tiny_preset.finetune, task="reg", strategy="fixed_backbone"), progress=False)
+    for name, tensor in _backbone_tensors(fixed.folder).items():
+        assert torch.equal(tensor, pretrained[name]), name
+    never = replace(tiny_preset.finetune, task="reg", strategy="fine_tuning", unfreeze_epoch=2)  # = epochs
+    for name, tensor in _backbone_tensors(finetune(tiny_preset, never, progress=False).folder).items():
+        assert torch.equal(tensor, pretrained[name]), name
+    unfrozen = finetune(tiny_preset, replace(never, unfreeze_epoch=0), progress=False)
+    changed = [not torch.equal(t, pretrained[n]) for n, t in _backbone_tensors(unfrozen.folder).items()]
+    assert any(changed)
+    assert unfrozen.history["backbone_trainable"] == [True, True]
+    assert finetune(tiny_preset, replace(never, unfreeze_epoch=1), progress=False).history["backbone_trainable"] == \
+        [False, True]
+
+
+def test_fewer_gpt_blocks_and_their_limits(tiny_preset, built):
+    one = finetune(tiny_preset, replace(tiny_preset.finetune, task="dm", strategy="fine_tuning", n_gpt_blocks=1),
+                   progress=False)
+    assert one.config.n_gpt_blocks == 1
+    assert not any(k.startswith("backbone.blocks.1.") for k in torch.load(one.folder / MODEL_FILE, weights_only=True))
+    with pytest.raises(ConfigError, match="has 2 blocks"):
+        finetune(tiny_preset, replace(tiny_preset.finetune, n_gpt_blocks=5), progress=False)
+
+
+def test_interrupted_training_resumes_to_the_same_numbers(tiny_preset, built, tmp_path):
+    config = replace(tiny_preset.finetune, task="id", strategy="fine_tuning", epochs=3, unfreeze_epoch=1, seed=7)
+    whole = finetune(tiny_preset, config, progress=False, folder=tmp_path / "whole")
+    partial = finetune(tiny_preset, config, progress=False, folder=tmp_path / "resumed", max_epochs_this_call=1)
+    assert partial.metrics == {} and len(partial.history["val_loss"]) == 1
+    resumed = finetune(tiny_preset, config, progress=False, folder=tmp_path / "resumed")
+    assert resumed.history["val_loss"] == whole.history["val_loss"]
+    assert resumed.metrics == whole.metrics
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_preset, built, tmp_path):
+    config = replace(tiny_preset.finetune, task="reg", strategy="from_scratch", seed=11)
+    a = finetune(tiny_preset, config, progress=False, folder=tmp_path / "a")
+    b = finetune(tiny_preset, config, progress=False, folder=tmp_path / "b")
+    c = finetune(tiny_preset, replace(config, seed=12), progress=False, folder=tmp_path / "c")
+    assert a.history["val_loss"] == b.history["val_loss"]
+    assert a.history["val_loss"] != c.history["val_loss"]
+
+
+def test_too_many_training_jets_is_a_clear_error(tiny_preset, built):
+    from tauml.data.schema import DataError
+
+    with pytest.raises(DataError, match="generate more events"):
+        finetune(tiny_preset, replace(tiny_preset.finetune, task="reg", train_size=100_000), progress=False)
+
+
+def test_command_line_finetune_and_evaluate(tiny_preset, built, tmp_path, monkeypatch, capsys):
+    from tauml.cli import main
+
+    monkeypatch.setitem(PRESETS, "tiny", tiny_preset)
+    args = ["--preset", "tiny", "--task", "reg", "--strategy", "fine_tuning", "--unfreeze-epoch", "1",
+            "--gpt-blocks", "2", "--train-size", "60", "--seed", "1", "--quiet"]
+    assert main(["finetune", *args]) == 0
+    assert "resolution" in capsys.readouterr().out
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", *args, "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["config"]["strategy"] == "fine_tuning" and "resolution" in payload["metrics"]
+    assert main(["finetune", "--preset", "tiny", "--task", "reg", "--strategy", "fine_tuning", "--gpt-blocks", "9",
+                 "--quiet"]) == 2
+    assert "n_gpt_blocks=9" in capsys.readouterr().err
+
+
+def test_finetune_panel_headless(tiny_preset, built):
+    from tauml.widgets.finetuning import finetune_panel
+
+    panel = finetune_panel(tiny_preset, train_sizes=(30, 60))
+    panel.strategy.value = "from_scratch"
+    assert panel.unfreeze_epoch.disabled and not panel.gpt_blocks.disabled
+    panel.strategy.value = "part"
+    assert panel.gpt_blocks.disabled
+    panel.strategy.value = "fine_tuning"
+    assert not panel.unfreeze_epoch.disabled
+    panel.epochs.value = 2
+    assert panel.unfreeze_epoch.max == 2
+    panel.task.value = "dm"
+    panel.unfreeze_epoch.value = 1
+    panel.train_size.value = 30
+    panel.train_button.click()
+    result = panel.last_result
+    assert result.config.task == "dm" and result.config.train_size == 30 and result.config.unfreeze_epoch == 1
+    assert "done" in panel.status.value
+    assert len(panel.loss_output.outputs) == 1 and len(panel.metrics_output.outputs) == 1
+    assert len(panel.plot_output.outputs) == 1
+    assert not panel.train_button.disabled
