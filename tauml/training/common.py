@@ -62,6 +62,29 @@ def batches(n: int, batch_size: int, order: np.ndarray | None = None, drop_last:
         yield order[start:start + batch_size]
 
 
+def bucketed_batches(counts: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int = 16,
+                     drop_last: bool = False) -> list[np.ndarray]:
+    """The training batches of ``epoch``, of jets of similar length: a function of (counts, seed, epoch) only,
+    so a resumed run sees the same batches.
+
+    The epoch's permutation (:func:`epoch_permutation`) is cut into groups of ``bucket_batches`` batches;
+    inside a group the jets are sorted by ``counts`` (their number of constituents) and split into batches,
+    and the batches of all groups are visited in random order.  A batch cut after its longest jet then
+    wastes little on padding, without changing what it computes (padding is masked).
+    """
+    order = epoch_permutation(len(counts), seed, epoch)
+    if drop_last and len(order) >= batch_size:
+        order = order[:len(order) - len(order) % batch_size]
+    group = batch_size * bucket_batches
+    result = []
+    for start in range(0, len(order), group):
+        chunk = order[start:start + group]
+        chunk = chunk[np.argsort(counts[chunk], kind="stable")]
+        result.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffle = np.random.default_rng([seed, epoch, 1]).permutation(len(result))
+    return [result[i] for i in shuffle]
+
+
 def cosine_lr(step: int, total_steps: int, warmup_steps: int = 0, min_fraction: float = 0.0) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``min_fraction``."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -78,6 +101,18 @@ def make_cosine_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_lr(step, total_steps, warmup_steps, min_fraction)
     )
+
+
+def make_adamw(parameters: Any, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with the fused implementation where this torch build has one (~20 % faster steps on CPU).
+
+    Parameters without a gradient (a frozen backbone) are skipped by every implementation.
+    """
+    parameters = list(parameters)
+    try:
+        return torch.optim.AdamW(parameters, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(parameters, **kwargs)
 
 
 def rng_state() -> dict[str, Any]:

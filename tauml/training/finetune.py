@@ -40,6 +40,7 @@ from tauml.metrics import (
     reco_pt_reference,
 )
 from tauml.training import common
+from tauml.training.common import make_adamw
 
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.npz"
@@ -102,6 +103,12 @@ class _Inputs:
 
     def __len__(self) -> int:
         return len(self.targets["is_tau"])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Real positions per jet (tokens for tau models, constituents for baselines), for length bucketing."""
+        mask = self.tensors["token_mask"] if "token_mask" in self.tensors else self.tensors["mask"]
+        return mask.sum(1).numpy()
 
     def batch(self, index: np.ndarray, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         idx = torch.as_tensor(index)
@@ -184,14 +191,18 @@ def _evaluate(model: torch.nn.Module, data: _Inputs, config: FinetuneConfig, dev
               batch_size: int = 1024) -> tuple[float, torch.Tensor]:
     """Mean loss over ``data`` (weighted by batch size) and the raw outputs, in eval mode."""
     model.eval()
-    outputs, total, count = [], 0.0, 0
-    for index in common.batches(len(data), batch_size):
+    order = np.argsort(data.lengths, kind="stable")  # batches of similar length: little padding
+    outputs = torch.empty(0)
+    total, count = 0.0, 0
+    for index in common.batches(len(data), batch_size, order):
         inputs, targets = data.batch(index, device)
-        out = _forward(model, inputs).float()
-        total += float(task_loss(config.task, out, targets, config)) * len(index)
+        out = _forward(model, inputs).float().cpu()
+        total += float(task_loss(config.task, out, {k: v.cpu() for k, v in targets.items()}, config)) * len(index)
         count += len(index)
-        outputs.append(out.cpu())
-    return total / max(count, 1), torch.cat(outputs)
+        if outputs.numel() == 0:
+            outputs = torch.empty((len(data), *out.shape[1:]))
+        outputs[torch.as_tensor(index)] = out
+    return total / max(count, 1), outputs
 
 
 def _predictions(task: str, outputs: torch.Tensor) -> np.ndarray:
@@ -234,7 +245,7 @@ def finetune(
 
     common.seed_everything(config.seed)
     model = build_model(preset, config).to(device)
-    optimizer = torch.optim.AdamW(_optimised_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_adamw(_optimised_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     scheduler = common.make_cosine_scheduler(optimizer, config.epochs * steps_per_epoch, 0, config.min_lr_fraction)
     history: dict[str, list] = {"train_loss": [], "val_loss": [], "lr": [], "backbone_trainable": [], "seconds": []}
@@ -261,8 +272,7 @@ def finetune(
         trainable = _set_epoch(model, config, epoch)
         model.train()
         total, count = 0.0, 0
-        for index in common.batches(len(train), config.batch_size, common.epoch_permutation(len(train), config.seed,
-                                                                                              epoch)):
+        for index in common.bucketed_batches(train.lengths, config.batch_size, config.seed, epoch):
             inputs, targets = train.batch(index, device)
             loss = task_loss(config.task, _forward(model, inputs), targets, config)
             optimizer.zero_grad(set_to_none=True)

@@ -161,23 +161,10 @@ def train_tokenizer(
 
 
 def _epoch_batches(counts: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The training batches of ``epoch``: a function of (counts, seed, epoch) only, so a resumed run sees the same.
-
-    The epoch's permutation (:func:`common.epoch_permutation`) is cut into groups of ``BUCKET_BATCHES`` batches;
-    inside a group the jets are sorted by number of constituents and split into batches, and the batches of all
-    groups are visited in random order.  Each batch is then cut after its longest jet, which on JetClass-like
-    jets (128 slots, ~45 used) saves about a third of the time, without changing what a batch computes.
-    """
-    order = common.epoch_permutation(len(counts), seed, epoch)
-    order = order[:len(order) - len(order) % batch_size]  # drop_last
-    group = batch_size * BUCKET_BATCHES
-    result = []
-    for start in range(0, len(order), group):
-        chunk = order[start:start + group]
-        chunk = chunk[np.argsort(counts[chunk], kind="stable")]
-        result.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    shuffle = np.random.default_rng([seed, epoch, 1]).permutation(len(result))
-    return [result[i] for i in shuffle]
+    """The training batches of ``epoch`` (:func:`common.bucketed_batches`, last partial batch dropped): on
+    JetClass-like jets (128 slots, ~45 used) cutting each batch after its longest jet saves about a third of
+    the time, without changing what a batch computes."""
+    return common.bucketed_batches(counts, batch_size, seed, epoch, BUCKET_BATCHES, drop_last=True)
 
 
 def _make_optimizer(tokenizer: Tokenizer, config: TokenizerConfig) -> torch.optim.AdamW:

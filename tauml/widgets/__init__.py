@@ -1,0 +1,9 @@
+"""Interactive panels for the notebooks, built here and tested headless (``.value = ...``, ``.click()``).
+
+Each builder returns an ipywidgets container whose controls are attributes, so that a test — or a teacher
+preparing a class — can drive it from code.
+"""
+
+from tauml.widgets.finetuning import FinetunePanel, finetune_panel
+
+__all__ = ["FinetunePanel", "finetune_panel"]
