@@ -7,6 +7,7 @@
     tauml pretrain --preset demo                        the GPT backbone, by next-token prediction
     tauml finetune --task reg --strategy fine_tuning --unfreeze-epoch 10 --gpt-blocks 3 --train-size 2000 --seed 1
     tauml evaluate --task reg --strategy fine_tuning ... --out metrics.json
+    tauml scan --task reg --kind unfreeze               ablations and data-efficiency scans (unfreeze|blocks|train_size)
     tauml demo [--preset demo] [--results results]      the notebook series, headless
     tauml info [--preset demo]                          settings and cache locations
 
@@ -165,6 +166,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("scan")
+def cmd_scan(args: argparse.Namespace) -> int:
+    from tauml.report import markdown_table
+    from tauml.scan import ScanStore, build_scan, run_scan, summarize
+
+    preset = get_preset(args.preset)
+    scan = preset.scan
+    if args.seeds:
+        scan = replace(scan, seeds=tuple(args.seeds))
+    if args.train_sizes:
+        scan = replace(scan, train_sizes=tuple(args.train_sizes))
+    base = replace(preset.finetune, epochs=args.epochs) if args.epochs else None
+    store = ScanStore.for_preset(preset)
+    by = {"unfreeze": "unfreeze_epoch", "blocks": "n_gpt_blocks", "train_size": "train_size"}[args.kind]
+    metric = args.metric or {"id": "misid_at_80", "reg": "resolution", "dm": "weighted_auc"}[args.task]
+    for task in ([args.task] if args.task != "all" else list(TASKS)):
+        if args.task == "all":
+            metric = args.metric or {"id": "misid_at_80", "reg": "resolution", "dm": "weighted_auc"}[task]
+        points = build_scan(preset, args.kind, task, base=base, scan=scan,
+                            strategies=tuple(args.strategies) if args.strategies else STRATEGIES)
+        records = run_scan(points, store, progress=not args.quiet)
+        print(f"{task}: {len(points)} points ({metric}, mean ± std over seeds) stored in {store.root}")
+        print(markdown_table(summarize(records, by=by, metric=metric)))
+    return 0
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from tauml.demo import print_summary, run_series
@@ -231,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true")
         if name == "evaluate":
             p.add_argument("--out", help="write the metrics to this JSON file")
+
+    p = sub.add_parser("scan", help="ablation and data-efficiency scans, several seeds per point (cached per point)")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--task", required=True, choices=(*TASKS, "all"))
+    p.add_argument("--kind", required=True, choices=("unfreeze", "blocks", "train_size"))
+    p.add_argument("--strategies", nargs="*", choices=STRATEGIES + BASELINES,
+                   help="strategies of the training-size scan (default: the three)")
+    p.add_argument("--seeds", nargs="*", type=int, help="seeds per point (default: the preset's, at least three)")
+    p.add_argument("--train-sizes", nargs="*", type=int, help="training-set sizes of the training-size scan")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--metric", help="metric to summarise (default: the task's headline metric)")
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="generate the data and run the notebook series headless")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))

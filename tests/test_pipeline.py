@@ -162,3 +162,20 @@ def test_finetune_panel_headless(tiny_preset, built):
     assert len(panel.loss_output.outputs) == 1 and len(panel.metrics_output.outputs) == 1
     assert len(panel.plot_output.outputs) == 1
     assert not panel.train_button.disabled
+
+
+def test_command_line_scan_reuses_finished_points(tiny_preset, built, monkeypatch, capsys):
+    from tauml.cli import main
+    from tauml.scan import ScanStore
+
+    monkeypatch.setitem(PRESETS, "tiny", tiny_preset)
+    args = ["scan", "--preset", "tiny", "--task", "dm", "--kind", "blocks", "--seeds", "1", "2", "3", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "n_gpt_blocks" in out and "weighted_auc" in out
+    store = ScanStore.for_preset(tiny_preset)
+    n_points = len(store.points())
+    assert n_points >= 6  # 2 block settings x 3 seeds
+    before = {p.name: p.stat().st_mtime_ns for p in store.root.glob("*.json")}
+    assert main(args) == 0  # everything cached: nothing is trained or rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in store.root.glob("*.json")} == before
