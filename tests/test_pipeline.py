@@ -78,7 +78,10 @@ def test_frozen_backbone_never_changes_and_fine_tuning_changes_it(tiny_preset, b
     for name, tensor in _backbone_tensors(fixed.folder).items():
         assert torch.equal(tensor, pretrained[name]), name
     never = replace(tiny_preset.finetune, task="reg", strategy="fine_tuning", unfreeze_epoch=2)  # = epochs
-    for name, tensor in _backbone_tensors(finetune(tiny_preset, never, progress=False).folder).items():
+    never_result = finetune(tiny_preset, never, progress=False)
+    assert never_result.folder == fixed.folder  # the same training, run once
+    assert never_result.config.strategy == "fine_tuning" and never_result.config.unfreeze_epoch == 2
+    for name, tensor in _backbone_tensors(never_result.folder).items():
         assert torch.equal(tensor, pretrained[name]), name
     unfrozen = finetune(tiny_preset, replace(never, unfreeze_epoch=0), progress=False)
     changed = [not torch.equal(t, pretrained[n]) for n, t in _backbone_tensors(unfrozen.folder).items()]

@@ -228,10 +228,12 @@ def finetune(
 
     preset = pipeline._preset(preset)
     config = resolve(preset, config)
-    folder = Path(folder) if folder is not None else pipeline.finetune_dir(preset, config)
+    folder = Path(folder) if folder is not None else pipeline.finetune_dir(preset, same_training(config))
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / RESULT_FILE).exists():
-        return FinetuneResult.from_folder(folder)
+        result = FinetuneResult.from_folder(folder)
+        result.config = config
+        return result
 
     common.limit_threads()
     device = common.select_device(config.device)
@@ -352,6 +354,14 @@ def resolve(preset: Preset, config: FinetuneConfig) -> FinetuneConfig:
 
         raise ConfigError(f"n_gpt_blocks={config.n_gpt_blocks}, but the backbone of preset {preset.name!r} has "
                           f"{preset.gpt.n_layer} blocks")
+    return config
+
+
+def same_training(config: FinetuneConfig) -> FinetuneConfig:
+    """The configuration that trains exactly the same model: fine-tuning never unfrozen (unfreeze_epoch >= epochs)
+    is the fixed backbone, as the paper notes; both then share one cached training."""
+    if config.strategy == "fine_tuning" and config.unfreeze_epoch >= config.epochs:
+        return replace(config, strategy="fixed_backbone", unfreeze_epoch=0)
     return config
 
 
