@@ -400,7 +400,7 @@ DEMO = Preset(
     features=FeatureConfig(),
     tokenizer=TokenizerConfig(epochs=20, batch_size=128, train_jets=0),
     gpt=GPTConfig(),
-    pretrain=PretrainConfig(),
+    pretrain=PretrainConfig(epochs=8),
     head=HeadConfig(),
     finetune=FinetuneConfig(val_size=1000),
     scan=ScanConfig(),

@@ -184,3 +184,145 @@ def _numpy(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):
         return array.detach().cpu().numpy()
     return np.asarray(array)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Several samples at once (real, real decoded through the tokenizer, generated) and distances between them
+# ----------------------------------------------------------------------------------------------------------
+
+#: The unit of each observable's distance (:func:`observable_distances`).
+DISTANCE_UNITS: dict[str, str] = {
+    "multiplicity": "constituents", "jet_mass": "GeV", "jet_pt": "GeV", "constituent_pt": "GeV",
+    "deta": "–", "dphi": "rad", "pid_fractions": "fraction",
+}
+#: The six panels of :func:`plot_observable_grid`.
+GRID_OBSERVABLES: tuple[str, ...] = ("multiplicity", "jet_mass", "constituent_pt", "deta", "dphi", "pid_fractions")
+_SAMPLE_COLORS = (COLORS["real"], COLORS["fixed_backbone"], COLORS["generated"], COLORS["part"], COLORS["deepset"])
+
+
+def observable_distances(observables: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far the distributions of two jet samples lie apart, per observable (both from :func:`jet_observables`).
+
+    Per-jet and per-constituent observables: the Wasserstein-1 (earth mover's) distance, in the observable's
+    units (:data:`DISTANCE_UNITS`): the average shift that turns one distribution into the other.  Particle
+    types: the total-variation distance ``sum |f - f_ref| / 2`` of the type fractions (0 = equal, 1 = disjoint).
+    Two finite samples of the same distribution are not at distance 0: compare with two halves of the real jets.
+    """
+    from scipy.stats import wasserstein_distance
+
+    distances = {name: float(wasserstein_distance(observables[name], reference[name])) for name in OBSERVABLES}
+    distances["pid_fractions"] = float(0.5 * np.abs(observables["pid_fractions"] - reference["pid_fractions"]).sum())
+    return distances
+
+
+def plot_observable_comparison(
+    samples: dict[str, dict[str, np.ndarray]], reference: str | None = None, text: str = "",
+    colors: dict[str, str] | None = None,
+) -> dict[str, plt.Figure]:
+    """One figure per observable (:data:`OBSERVABLES` and ``"pid_fractions"``) with every sample of ``samples``
+    (label -> :func:`jet_observables`), normalised to unit area, and each sample's ratio to ``reference``
+    (default: the first sample, drawn filled) in a lower panel.  Returns ``{observable: figure}``."""
+    reference = _reference_name(samples, reference)
+    figures = {}
+    for name in (*OBSERVABLES, "pid_fractions"):
+        fig, ax, rax = ratio_axes()
+        _draw_observable(ax, rax, name, samples, reference, colors or {})
+        label(ax, text)
+        fig.align_ylabels([ax, rax])
+        figures[name] = fig
+    return figures
+
+
+def plot_observable_grid(
+    samples: dict[str, dict[str, np.ndarray]], reference: str | None = None, text: str = "",
+    colors: dict[str, str] | None = None, names: tuple[str, ...] = GRID_OBSERVABLES,
+) -> plt.Figure:
+    """The observables ``names`` of every sample in one figure (three panels per row, each with a ratio panel
+    to ``reference``): the compact view of :func:`plot_observable_comparison`, e.g. for a widget."""
+    reference = _reference_name(samples, reference)
+    n_rows = -(-len(names) // 3)
+    with plt.rc_context({"font.size": 15, "xtick.major.size": 7, "ytick.major.size": 7, "xtick.minor.size": 4,
+                         "ytick.minor.size": 4}):
+        fig = plt.figure(figsize=(16.0, 5.5 * n_rows))
+        outer = fig.add_gridspec(n_rows, 3, hspace=0.3, wspace=0.3)
+        for index, name in enumerate(names):
+            cell = outer[divmod(index, 3)].subgridspec(2, 1, height_ratios=(3, 1), hspace=0.05)
+            ax = fig.add_subplot(cell[0])
+            rax = fig.add_subplot(cell[1], sharex=ax)
+            ax.tick_params(labelbottom=False)
+            _draw_observable(ax, rax, name, samples, reference, colors or {}, legend=index == 0, short=True)
+            fig.align_ylabels([ax, rax])
+            if index == 0:
+                label(ax)
+            if index == min(2, len(names) - 1) and text:
+                ax.set_title(text, loc="right", fontsize="medium")
+    return fig
+
+
+def _reference_name(samples: dict[str, dict[str, np.ndarray]], reference: str | None) -> str:
+    if not samples:
+        raise ValueError("samples is empty: give {label: jet_observables(features, mask)} for at least one sample")
+    reference = next(iter(samples)) if reference is None else reference
+    if reference not in samples:
+        raise ValueError(f"reference={reference!r} is not one of the samples {list(samples)}")
+    return reference
+
+
+#: Particle-type symbols for small panels.
+_PID_SYMBOLS = ("e", r"$\mu$", r"$\gamma$", r"h$^\pm$", r"h$^0$")
+
+
+def _draw_observable(ax: plt.Axes, rax: plt.Axes, name: str, samples: dict[str, dict[str, np.ndarray]],
+                     reference: str, colors: dict[str, str], legend: bool = True, short: bool = False) -> None:
+    """One observable of every sample (fractions per bin, the reference filled) and the ratios to the reference;
+    ``short``: particle types as symbols (for small panels)."""
+    color = {key: colors.get(key, _SAMPLE_COLORS[i % len(_SAMPLE_COLORS)]) for i, key in enumerate(samples)}
+    if name == "pid_fractions":
+        edges = np.arange(len(PID_NAMES) + 1) - 0.5
+        values = {}
+        for key, obs in samples.items():
+            n = len(obs["constituent_pt"])
+            values[key] = (obs["pid_fractions"], obs["pid_fractions"] / max(n, 1), n)
+        xlabel, ylabel = "Particle type", "Fraction of constituents"
+    else:
+        axis_label, kind, log_bins = OBSERVABLES[name]
+        unit = "jets" if kind == "jet" else "constituents"
+        if name == "multiplicity":  # integer-aligned bins (at most ~50) wide enough for every sample
+            high = int(max(obs[name].max() for obs in samples.values())) + 2
+            width = -(-high // 50)
+            axis = hist.axis.Regular(-(-high // width), 0, width * -(-high // width), name=name, label=axis_label)
+        else:
+            axis = _axis(name, axis_label, samples[reference][name], log_bins)
+        edges = axis.edges
+        values = {}
+        for key, obs in samples.items():
+            fraction, variance = _normalised(hist.Hist(axis, storage=hist.storage.Weight()).fill(obs[name]))
+            values[key] = (fraction, variance, len(obs[name]))
+        xlabel, ylabel = axis_label, f"Fraction of {unit}"
+        if log_bins:
+            ax.set_xscale("log")
+    for key, (fraction, variance, count) in values.items():
+        if key == reference:
+            hep.histplot(fraction, edges, ax=ax, histtype="fill", alpha=0.35, color=color[key],
+                         label=f"{key} ({count})")
+        else:
+            hep.histplot(fraction, edges, yerr=np.sqrt(variance), ax=ax, histtype="step", lw=2, color=color[key],
+                         label=f"{key} ({count})")
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("")
+    ax.set_ylim(0.0, (1.3 + 0.2 * len(values)) * max(max(v[0].max() for v in values.values()), 1e-9))
+    if legend:
+        ax.legend(loc="upper right", fontsize="x-small")
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    ref_fraction, ref_variance, _ = values[reference]
+    for key, (fraction, variance, _) in values.items():
+        if key != reference:
+            ratio, error = ratio_with_errors(fraction, ref_fraction, variance, ref_variance)
+            rax.errorbar(centers, ratio, yerr=error, fmt="o", ms=3, color=color[key])
+    rax.axhline(1.0, color=color[reference], lw=1)
+    rax.set_ylim(0.0, 2.0)
+    rax.set_ylabel("Ratio", fontsize="small")
+    rax.set_xlabel(xlabel)
+    if name == "pid_fractions":
+        names = _PID_SYMBOLS if short else [n.replace(" ", "\n") for n in PID_NAMES]
+        rax.set_xticks(np.arange(len(PID_NAMES)), names, fontsize="small" if short else "x-small")

@@ -5,5 +5,6 @@ preparing a class — can drive it from code.
 """
 
 from tauml.widgets.finetuning import FinetunePanel, finetune_panel
+from tauml.widgets.generation import GenerationPanel, generation_panel
 
-__all__ = ["FinetunePanel", "finetune_panel"]
+__all__ = ["FinetunePanel", "GenerationPanel", "finetune_panel", "generation_panel"]
