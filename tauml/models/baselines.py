@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tauml.data.features import N_FEATURES
-from tauml.models.heads import TASK_OUTPUTS
+from tauml.models.heads import TASK_OUTPUTS, zero_output_layer
 
 N_LIFETIME_FEATURES = 4
 
@@ -128,6 +128,7 @@ class ParticleTransformerBaseline(nn.Module):
             )
         # our masked normalisation replaces weaver's input BatchNorm (which would count padding in training)
         self.part.embed.input_bn = nn.Identity()
+        zero_output_layer(self.part)  # start at the no-learning answer, as the tau heads (heads.zero_output_layer)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor, p4: torch.Tensor,
                 lifetime: torch.Tensor | None = None) -> torch.Tensor:
@@ -159,6 +160,7 @@ class DeepSetBaseline(nn.Module):
             torch.manual_seed(seed)
             self.phi = _mlp([n_inputs] + [config.width] * config.n_constituent_layers, config.dropout, True)
             self.rho = _mlp([config.width] * config.n_jet_layers + [TASK_OUTPUTS[task]], config.dropout, False)
+        zero_output_layer(self.rho)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor, p4: torch.Tensor | None = None,
                 lifetime: torch.Tensor | None = None) -> torch.Tensor:

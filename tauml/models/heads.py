@@ -158,6 +158,8 @@ class TaskHead(nn.Module):
             nn.init.ones_(block.attn.head_scale)
             nn.init.ones_(block.resid_scale)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        zero_output_layer(self)
+
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if mask.dtype != torch.bool:
@@ -173,3 +175,12 @@ class TaskHead(nn.Module):
         for block in self.class_blocks:
             cls = block(cls, x, mask)
         return self.out(self.norm(cls.squeeze(1)))
+
+
+def zero_output_layer(model: nn.Module) -> None:
+    """Zero the weights and bias of the last ``nn.Linear`` of ``model``: before training, the regression then
+    predicts ln(pT_vis / pT_jet) = 0 (the reco-jet pT, the no-learning reference) and the classifiers give equal
+    probabilities; training moves away from there only as far as the data ask."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
