@@ -401,8 +401,8 @@ DEMO = Preset(
     tokenizer=TokenizerConfig(epochs=20, batch_size=128, train_jets=0),
     gpt=GPTConfig(),
     pretrain=PretrainConfig(epochs=8),
-    head=HeadConfig(),
-    finetune=FinetuneConfig(val_size=1000),
+    head=HeadConfig(ffn_ratio=2),
+    finetune=FinetuneConfig(val_size=1000, batch_size=64, lr=1e-3, huber_delta=0.05),
     scan=ScanConfig(),
 )
 

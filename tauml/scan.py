@@ -370,13 +370,13 @@ def _default_run(preset: Preset | None, progress: bool) -> RunFunction:
 
 
 def run_scan(points: Sequence[FinetuneConfig], store: ScanStore, run: RunFunction | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True, workers: int | None = None) -> list[dict[str, Any]]:
     """Run the points missing from ``store``, storing each as soon as it finishes; return every point's record
     in the order of ``points``.
 
     ``run(config)`` trains one point and returns a dict or an object with ``to_dict()`` holding ``metrics``
     (and ``history``, ``best_epoch``); by default it is ``tauml.training.finetune.finetune`` with the store's
-    preset.  An exception in ``run`` stops the scan; the points finished before it stay stored, and calling
+    preset, run in ``workers`` parallel processes (default: the usable cores; ``workers=1`` runs here).  An exception in ``run`` stops the scan; the points finished before it stay stored, and calling
     ``run_scan`` again continues with the others.
     """
     from tauml.training.common import progress as progress_bar
@@ -397,6 +397,15 @@ def run_scan(points: Sequence[FinetuneConfig], store: ScanStore, run: RunFunctio
                 missing.append(config)
         else:
             records[key] = record
+    if missing and run is None and store.preset is not None and workers != 1:
+        # the default run in parallel worker processes; each point is stored as soon as it finishes
+        from tauml.training.finetune import finetune_many
+
+        def put(config: FinetuneConfig, result: Any) -> None:
+            records[store.key(config)] = store.put(config, result, seconds=getattr(result, "seconds", 0.0))
+
+        finetune_many(store.preset, missing, workers=workers, progress=progress, on_result=put)
+        return [records[store.key(config)] for config in points]
     if missing and run is None:
         run = _default_run(store.preset, progress)
     bar = progress_bar(total=len(points), desc="scan points", **({} if progress else {"disable": True}))

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tauml.config import BASELINES, STRATEGIES, TASKS, Preset
-from tauml.training.finetune import FinetuneResult, finetune
+from tauml.training.finetune import FinetuneResult, finetune_many
 
 Results = dict[str, dict[str, list[FinetuneResult]]]
 
@@ -35,20 +35,17 @@ METRIC_LABELS: dict[str, str] = {
 
 def run_comparison(preset: str | Preset, tasks: Sequence[str] = TASKS,
                    models: Sequence[str] = STRATEGIES + BASELINES, seeds: Sequence[int] = (1,),
-                   progress: bool = True, **settings: Any) -> Results:
-    """Train (or load) every (task, model, seed); ``settings`` override the preset's FinetuneConfig
-    (e.g. ``train_size=2000``, ``unfreeze_epoch=10``)."""
+                   progress: bool = True, workers: int | None = None, **settings: Any) -> Results:
+    """Train (or load) every (task, model, seed), in parallel worker processes; ``settings`` override the
+    preset's FinetuneConfig (e.g. ``train_size=2000``, ``unfreeze_epoch=10``)."""
     from tauml import pipeline
-    from tauml.training.common import progress as progress_bar
 
     p = pipeline._preset(preset)
     jobs = [(task, model, seed) for task in tasks for model in models for seed in seeds]
+    configs = [replace(p.finetune, task=task, strategy=model, seed=seed, **settings) for task, model, seed in jobs]
     results: Results = {task: {model: [] for model in models} for task in tasks}
-    bar = progress_bar(jobs, desc="trainings", unit="model", disable=not progress or None, leave=True)
-    for task, model, seed in bar:
-        bar.set_postfix_str(f"{task} {model} seed {seed}")
-        config = replace(p.finetune, task=task, strategy=model, seed=seed, **settings)
-        results[task][model].append(finetune(p, config, progress=False))
+    for (task, model, _), result in zip(jobs, finetune_many(p, configs, workers=workers, progress=progress)):
+        results[task][model].append(result)
     return results
 
 

@@ -38,12 +38,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def limit_threads() -> None:
-    """Use the cores this process may run on (containers often allow fewer than os.cpu_count())."""
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on (containers often allow fewer than os.cpu_count())."""
     try:
-        n = len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        n = os.cpu_count() or 1
+        return list(range(os.cpu_count() or 1))
+
+
+def limit_threads() -> None:
+    """Use no more torch threads than usable cores."""
+    n = len(usable_cores())
     if torch.get_num_threads() > n:
         torch.set_num_threads(n)
 

@@ -323,6 +323,83 @@ def finetune(
     return result
 
 
+def _worker_init() -> None:
+    """Worker processes of :func:`finetune_many` use one thread each: for small models two processes with one
+    thread get 1.6x the throughput of one process with two (measured on 2 cores)."""
+    import os
+
+    torch.set_num_threads(1)
+    os.environ["TAUML_PROGRESS"] = "0"
+
+
+def _finetune_job(preset: Preset, config: FinetuneConfig) -> FinetuneResult:
+    return finetune(preset, config, progress=False)
+
+
+def finetune_many(preset: str | Preset, configs: list[FinetuneConfig], workers: int | None = None,
+                  progress: bool = True, on_result: Callable[[FinetuneConfig, FinetuneResult], Any] | None = None,
+                  ) -> list[FinetuneResult]:
+    """:func:`finetune` for many configurations, in parallel worker processes, each training run once.
+
+    Cached results are read at once; the trainings that are missing run in ``workers`` processes (default:
+    the usable cores), after the tokenizer and the backbone have been built here.  ``on_result(config,
+    result)`` is called as each configuration is done (e.g. to store a scan point).  Results come back in the
+    order of ``configs``.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tauml import pipeline
+
+    preset = pipeline._preset(preset)
+    configs = [resolve(preset, c) for c in configs]
+    folders = [pipeline.finetune_dir(preset, same_training(c)) for c in configs]
+    results: list[FinetuneResult | None] = [None] * len(configs)
+    todo: dict[Path, list[int]] = {}
+    for i, (config, folder) in enumerate(zip(configs, folders)):
+        if (folder / RESULT_FILE).exists():
+            results[i] = finetune(preset, config, progress=False)
+            if on_result is not None:
+                on_result(config, results[i])
+        else:
+            todo.setdefault(folder, []).append(i)
+    if not todo:
+        return results
+    if any(configs[ix[0]].strategy in ("fixed_backbone", "fine_tuning") for ix in todo.values()):
+        pipeline.backbone_checkpoint(preset, progress=progress)  # build once, before the workers start
+    else:
+        pipeline.tokenizer(preset, progress=progress)
+    workers = workers or len(common.usable_cores())
+    bar = common.progress(total=len(todo), desc="trainings", unit="model", disable=not progress or None, leave=True)
+
+    def finished(indices: list[int], result: FinetuneResult) -> None:
+        for i in indices:
+            results[i] = replace_config(result, configs[i])
+            if on_result is not None:
+                on_result(configs[i], results[i])
+        bar.update()
+
+    try:
+        if workers <= 1 or len(todo) == 1:
+            for indices in todo.values():
+                bar.set_postfix_str(f"{configs[indices[0]].task} {configs[indices[0]].strategy}")
+                finished(indices, finetune(preset, configs[indices[0]], progress=False))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+                futures = {pool.submit(_finetune_job, preset, configs[ix[0]]): ix for ix in todo.values()}
+                for future in as_completed(futures):
+                    finished(futures[future], future.result())
+    finally:
+        bar.close()
+    return results
+
+
+def replace_config(result: FinetuneResult, config: FinetuneConfig) -> FinetuneResult:
+    """The same result under another configuration that trains the same model (see :func:`same_training`)."""
+    return replace(result, config=config)
+
+
 def _optimised_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """What the optimiser holds: a tau model's head and the backbone parts it uses (frozen ones included: a
     frozen parameter has no gradient and is skipped by AdamW until the strategy unfreezes it); all of a
