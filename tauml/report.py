@@ -30,7 +30,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
     """A Markdown table from a list of dicts with the same keys (floats rounded to ``digits`` significant)."""
     if not rows:
         return ""
-    columns = list(rows[0])
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # every key, in order of appearance
 
     def cell(value: Any) -> str:
         if isinstance(value, float):

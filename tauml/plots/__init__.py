@@ -42,12 +42,15 @@ def set_style() -> None:
     """Use the mplhep ROOT-like style for every later figure (call once per session)."""
     hep.style.use("ROOT")
     plt.rcParams.update({"figure.figsize": (7.0, 5.5), "savefig.bbox": "tight", "legend.frameon": False,
-                         "axes.titlesize": "medium"})
+                         "axes.titlesize": "medium", "legend.fontsize": "small", "legend.loc": "best"})
 
 
 def label(ax: plt.Axes, text: str = "", sqrt_s: str = "") -> None:
-    """The experiment-style label on top of an axis: 'tauml Simulation' plus a free text on the right."""
-    hep.label.exp_label(exp="tauml", text="", data=False, rlabel=text or sqrt_s, ax=ax, loc=0)
+    """The experiment-style label on top of an axis: 'tauml Simulation' on the left and, in a smaller font
+    so that it never runs into it, a free text on the right (e.g. the sample or the task)."""
+    hep.label.exp_label(exp="tauml", text="", data=False, rlabel="", ax=ax, loc=0)
+    if text or sqrt_s:
+        ax.text(1.0, 1.012, text or sqrt_s, transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small")
 
 
 def save(fig: plt.Figure, name: str) -> Path | None:

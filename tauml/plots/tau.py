@@ -65,7 +65,7 @@ def plot_roc(results: Mapping[str, Run | Sequence[Run]], ax: plt.Axes | None = N
     ax.set_xlabel(r"$\tau_h$ identification efficiency $\varepsilon_\tau$")
     ax.set_ylabel(r"Mis-identification probability $P_\mathrm{misID}$")
     ax.axvline(0.8, color="grey", linestyle=":", linewidth=1)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     label(ax, text)
     return fig
 
@@ -79,7 +79,7 @@ def plot_response(responses: Mapping[str, np.ndarray], reco_response: np.ndarray
     import mplhep as hep
 
     fig, ax = _axis(ax)
-    bins = np.linspace(0.0, 2.0, 81) if bins is None else np.asarray(bins)
+    bins = np.linspace(0.7, 1.3, 121) if bins is None else np.asarray(bins)
     items = list(responses.items())
     if reco_response is not None:
         items.append(("reference", reco_response))
@@ -97,7 +97,8 @@ def plot_response(responses: Mapping[str, np.ndarray], reco_response: np.ndarray
     ax.set_xlabel(r"Response $p_T^\mathrm{pred}\,/\,p_T^\mathrm{vis}$")
     ax.set_ylabel("Fraction of jets / bin")
     ax.set_xlim(bins[0], bins[-1])
-    ax.set_ylim(0.0, ax.get_ylim()[1] * 1.45)  # room for the legend above the peaks
+    ax.set_yscale("log")
+    ax.set_ylim(1e-4, ax.get_ylim()[1] * 30)  # tails visible, room for the legend above the peak
     ax.legend(loc="upper left", fontsize="x-small")
     label(ax, text)
     return fig

@@ -6,5 +6,16 @@ preparing a class — can drive it from code.
 
 from tauml.widgets.finetuning import FinetunePanel, finetune_panel
 from tauml.widgets.generation import GenerationPanel, generation_panel
+from tauml.widgets.scans import ScanExplorer, scan_explorer
+from tauml.widgets.tokenization import TokenizationExplorer, tokenization_explorer
 
-__all__ = ["FinetunePanel", "GenerationPanel", "finetune_panel", "generation_panel"]
+__all__ = [
+    "FinetunePanel",
+    "GenerationPanel",
+    "ScanExplorer",
+    "TokenizationExplorer",
+    "finetune_panel",
+    "generation_panel",
+    "scan_explorer",
+    "tokenization_explorer",
+]
