@@ -182,3 +182,38 @@ def test_command_line_scan_reuses_finished_points(tiny_preset, built, monkeypatc
     before = {p.name: p.stat().st_mtime_ns for p in store.root.glob("*.json")}
     assert main(args) == 0  # everything cached: nothing is trained or rewritten
     assert {p.name: p.stat().st_mtime_ns for p in store.root.glob("*.json")} == before
+
+
+def test_comparison_study_tables_and_figures(tiny_preset, built):
+    from tauml import studies
+
+    results = studies.run_comparison(tiny_preset, tasks=("reg", "dm"), models=("from_scratch", "fine_tuning", "part"),
+                                     progress=False, workers=1)
+    rows = studies.headline_rows(results)
+    assert {r["model"] for r in rows} >= {"from_scratch", "fine_tuning", "part", "reco-jet pT (no learning)"}
+    lines = studies.beats_reference(results)
+    assert len(lines) == 6 and all((" beats " in line) != (" does NOT beat " in line) for line in lines)
+    claims = studies.claims_rows(results)
+    assert any("narrows the pT resolution" in c["claim"] for c in claims)
+    assert all(c["agrees in sign"] in ("yes", "no") for c in claims)
+    figures = studies.comparison_figures(results, save_prefix=None)
+    assert {"reg_val_loss", "reg_response", "reg_resolution_vs_pt", "dm_confusion_counting"} <= set(figures)
+
+
+def test_ablations_and_the_scan_explorer(tiny_preset, built):
+    from tauml import studies
+    from tauml.widgets import scan_explorer
+
+    records = studies.run_ablations(tiny_preset, tasks=("reg",), kinds=("blocks", "train_size"), progress=False,
+                                    workers=1)
+    assert len(records["blocks"]["reg"]) == 2 * len(tiny_preset.scan.seeds)
+    claims = studies.ablation_claims_rows(records, epochs=tiny_preset.finetune.epochs)
+    assert {c["agrees"] for c in claims} <= {"yes", "no"} and len(claims) == 2
+    explorer = scan_explorer(records, epochs=tiny_preset.finetune.epochs)
+    first = explorer.output.outputs
+    assert len(first) == 1 and "image/png" in first[0]["data"]
+    explorer.kind.value = "train_size"
+    assert explorer.output.outputs != first
+    explorer.metric.value = "median"
+    assert explorer.summary_rows()[0]["metric"] == "median"
+    assert "train_size" in explorer.table.outputs[0]["data"]["text/markdown"]
