@@ -357,9 +357,18 @@ class ScanConfig:
     """Points of the ablation and data-efficiency scans (the core paper's section 3.4 and Fig. 4)."""
 
     unfreeze_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # 1.0 = never unfrozen
-    train_sizes: tuple[int, ...] = (500, 1000, 2000, 4000)
+    train_sizes: tuple[int, ...] = (250, 500, 1000, 2000)
     seeds: tuple[int, ...] = (1, 2, 3)
     ablation_train_size: int = 2000
+
+    def validate(self) -> None:
+        _check(all(0.0 <= f <= 1.0 for f in self.unfreeze_fractions),
+               f"unfreeze_fractions={self.unfreeze_fractions} must lie in [0, 1] (1 = never unfrozen)")
+        _check(bool(self.train_sizes) and all(n > 0 for n in self.train_sizes),
+               f"train_sizes={self.train_sizes} must be positive")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+               f"seeds={self.seeds} must be distinct (three or more for mean ± std)")
+        _check(self.ablation_train_size > 0, "ablation_train_size must be positive")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -384,7 +393,7 @@ class Preset:
 
     def validate(self) -> Preset:
         for part in (self.generation, self.features, self.tokenizer, self.gpt, self.pretrain, self.head,
-                     self.finetune):
+                     self.finetune, self.scan):
             part.validate()
         return self
 
