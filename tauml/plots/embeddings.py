@@ -34,7 +34,7 @@ def _classes(kind: str) -> list[tuple[int, str, str]]:
     raise ValueError(f"kind={kind!r}; choose from {', '.join(LABEL_KINDS)}")
 
 
-def _scatter(ax: plt.Axes, points: np.ndarray, labels: np.ndarray, kind: str, size: float) -> None:
+def scatter_tsne(ax: plt.Axes, points: np.ndarray, labels: np.ndarray, kind: str, size: float) -> None:
     points = np.asarray(points)
     labels = np.asarray(labels).ravel()
     if points.ndim != 2 or points.shape[1] != 2 or len(points) != len(labels):
@@ -60,7 +60,7 @@ def plot_tsne(points: np.ndarray, labels: np.ndarray, kind: str = "dm", ax: plt.
     in the top-left corner; the legend sits to the right of the map."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 6.0))
-    _scatter(ax, points, labels, kind, size)
+    scatter_tsne(ax, points, labels, kind, size)
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.legend(fontsize="small", markerscale=2.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -86,7 +86,7 @@ def plot_tsne_grid(maps: Mapping[str, Mapping[int, np.ndarray] | np.ndarray], la
             if block not in by_block:
                 ax.set_axis_off()
                 continue
-            _scatter(ax, by_block[block], labels, kind, size)
+            scatter_tsne(ax, by_block[block], labels, kind, size)
             if r == 0 and block > 0:
                 ax.set_title(f"GPT block {block}", fontsize="medium")
             if c == 0:
@@ -127,6 +127,6 @@ def plot_embedding_scores(rows: Sequence[Mapping[str, Any]], text: str = "") -> 
         ax.set_xticks(blocks)
         ax.minorticks_off()
         ax.set_xlabel("GPT block")
-    kax.legend(fontsize="x-small", loc="upper left", ncols=2)
+    kax.legend(fontsize="x-small", loc="upper left", ncols=1)
     label(kax, text)
     return fig

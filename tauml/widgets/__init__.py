@@ -4,16 +4,19 @@ Each builder returns an ipywidgets container whose controls are attributes, so t
 preparing a class — can drive it from code.
 """
 
+from tauml.widgets.embeddings import EmbeddingExplorer, embedding_explorer
 from tauml.widgets.finetuning import FinetunePanel, finetune_panel
 from tauml.widgets.generation import GenerationPanel, generation_panel
 from tauml.widgets.scans import ScanExplorer, scan_explorer
 from tauml.widgets.tokenization import TokenizationExplorer, tokenization_explorer
 
 __all__ = [
+    "EmbeddingExplorer",
     "FinetunePanel",
     "GenerationPanel",
     "ScanExplorer",
     "TokenizationExplorer",
+    "embedding_explorer",
     "finetune_panel",
     "generation_panel",
     "scan_explorer",
