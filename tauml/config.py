@@ -411,7 +411,7 @@ DEMO = Preset(
     gpt=GPTConfig(),
     pretrain=PretrainConfig(epochs=8),
     head=HeadConfig(ffn_ratio=2),
-    finetune=FinetuneConfig(val_size=1000, batch_size=64, lr=1e-3, huber_delta=0.05),
+    finetune=FinetuneConfig(val_size=500, batch_size=64, lr=1e-3, huber_delta=0.05),
     scan=ScanConfig(),
 )
 

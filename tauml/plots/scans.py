@@ -121,6 +121,9 @@ def plot_train_size_scan(rows: Sequence[Mapping[str, Any]], reference_value: flo
     if reference_value is not None:
         ax.axhline(reference_value, color=COLORS["reference"], linestyle="--", linewidth=1, label=reference_label)
     ax.set_xscale("log")
+    sizes = sorted({int(r["train_size"]) for r in rows})
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])  # the scanned sizes, not crowded log-axis minor labels
+    ax.minorticks_off()
     ax.set_xlabel("Number of labelled training jets")
     ax.set_ylabel(metric_label(rows[0]["metric"]))
     ax.legend(fontsize="small")
