@@ -90,6 +90,12 @@ def _event_index(offsets: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
 
 
+def _visible_final_state(gen: GenEvents) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the stable generator particles a detector can see (all but neutrinos), and their events."""
+    index = np.flatnonzero((gen.status > 0) & ~np.isin(np.abs(gen.pdg), NEUTRINOS))
+    return index, _event_index(gen.offsets)[index]
+
+
 def _with_mass(p_dir: tuple[np.ndarray, np.ndarray, np.ndarray], p_abs: np.ndarray, mass: np.ndarray | float):
     """4-vector from a unit direction, a momentum magnitude and a mass hypothesis."""
     ux, uy, uz = p_dir
@@ -125,10 +131,8 @@ def impact_parameters(vx, vy, vz, px, py, pz):
 def simulate_ee(gen: GenEvents, config: EEDetectorConfig, rng: np.random.Generator) -> Candidates:
     """Particle-flow candidates of a CLIC-like detector for the final-state particles of ``gen``."""
     real = config.realistic
-    event_all = _event_index(gen.offsets)
-    final = (gen.status > 0) & ~np.isin(np.abs(gen.pdg), NEUTRINOS)
-    idx = np.flatnonzero(final)
-    event, pdg, charge = event_all[idx], gen.pdg[idx], gen.charge[idx]
+    idx, event = _visible_final_state(gen)
+    pdg, charge = gen.pdg[idx], gen.charge[idx]
     px, py, pz, e = gen.px[idx], gen.py[idx], gen.pz[idx], gen.e[idx]
     vx, vy, vz = gen.vx[idx], gen.vy[idx], gen.vz[idx]
     p = np.sqrt(px**2 + py**2 + pz**2)
@@ -363,10 +367,8 @@ def _merge_kernel(event, energy, ux, uy, uz, max_angle):  # pragma: no cover - c
 def simulate_pp(gen: GenEvents, config: PPDetectorConfig, rng: np.random.Generator) -> Candidates:
     """Energy-flow candidates of a Delphes-CMS-like detector: smeared tracks plus ECAL and HCAL towers."""
     real = config.realistic
-    event_all = _event_index(gen.offsets)
-    final = (gen.status > 0) & ~np.isin(np.abs(gen.pdg), NEUTRINOS)
-    idx = np.flatnonzero(final)
-    event, pdg, charge = event_all[idx], gen.pdg[idx], gen.charge[idx]
+    idx, event = _visible_final_state(gen)
+    pdg, charge = gen.pdg[idx], gen.charge[idx]
     px, py, pz, e = gen.px[idx], gen.py[idx], gen.pz[idx], gen.e[idx]
     pt = np.hypot(px, py)
     p = np.sqrt(pt**2 + pz**2)

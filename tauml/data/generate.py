@@ -84,6 +84,18 @@ def _flatten_jets(jets: ak.Array, index: ak.Array, offsets: np.ndarray):
     return flat_jets, jet_event, jets_per_event, n_constituents, global_index
 
 
+def _jet_constituents(rows: np.ndarray, n_constituents: np.ndarray, global_index: np.ndarray,
+                      candidates: Candidates) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate indices of the jets ``rows`` (as :func:`_flatten_jets` gives them), pT-descending within
+    each jet, and the number per jet."""
+    starts = np.concatenate([[0], np.cumsum(n_constituents)])
+    take = np.concatenate([global_index[starts[r]:starts[r + 1]] for r in rows]) if len(rows) else np.zeros(0, int)
+    counts = n_constituents[rows]
+    jet_of = np.repeat(np.arange(len(rows)), counts)
+    pt = np.hypot(candidates.px[take], candidates.py[take])
+    return take[np.lexsort((-pt, jet_of))], counts
+
+
 def _eta_phi(px, py, pz):
     pt = np.hypot(px, py)
     return np.clip(np.arcsinh(pz / np.maximum(pt, 1e-9)), -1e3, 1e3), np.arctan2(py, px)
@@ -193,13 +205,7 @@ def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_
         reco_tau[:] = -1
     rows = np.flatnonzero(keep)
 
-    # candidates of the kept jets, pT-descending within each jet
-    rj_starts = np.concatenate([[0], np.cumsum(rj_n)])
-    take = np.concatenate([rj_cands[rj_starts[r]:rj_starts[r + 1]] for r in rows]) if len(rows) else np.zeros(0, int)
-    counts = rj_n[rows]
-    jet_of = np.repeat(np.arange(len(rows)), counts)
-    pt = np.hypot(candidates.px[take], candidates.py[take])
-    take = take[np.lexsort((-pt, jet_of))]
+    take, counts = _jet_constituents(rows, rj_n, rj_cands, candidates)
 
     c = candidates
     tau_i = reco_tau[rows]
@@ -362,12 +368,7 @@ def process_pp(gen: GenEvents, candidates: Candidates, sample: str) -> dict[str,
                     contained[k] = True
         keep &= contained
     rows = np.flatnonzero(keep)
-    starts = np.concatenate([[0], np.cumsum(j_n)])
-    take = np.concatenate([j_cands[starts[r]:starts[r + 1]] for r in rows]) if len(rows) else np.zeros(0, int)
-    counts = j_n[rows]
-    jet_of = np.repeat(np.arange(len(rows)), counts)
-    cpt = np.hypot(c.px[take], c.py[take])
-    take = take[np.lexsort((-cpt, jet_of))]
+    take, counts = _jet_constituents(rows, j_n, j_cands, c)
     ceta, cphi = _eta_phi(c.px[take], c.py[take], c.pz[take])
     deta = ceta - np.repeat(eta[rows], counts)
     dphi = (cphi - np.repeat(phi[rows], counts) + np.pi) % (2 * np.pi) - np.pi
