@@ -96,20 +96,14 @@ class ParticleAttentionBlock(nn.Module):
         return self.ffn(x) + self.resid_scale * x
 
 
-class ClassAttentionBlock(nn.Module):
+class ClassAttentionBlock(ParticleAttentionBlock):
     """Class attention (CaiT, arXiv:2103.17239): the class token attends to [class token, particles].
 
     The keys are LN([cls; x]) with the mask [True, mask], so the class slot is never masked.
     """
 
     def __init__(self, width: int, n_heads: int, ffn_ratio: int = 4, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.pre_attn_norm = nn.LayerNorm(width)
-        self.attn = MultiHeadAttention(width, n_heads, dropout)
-        self.post_attn_norm = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
-        self.ffn = FeedForward(width, ffn_ratio, dropout)
-        self.resid_scale = nn.Parameter(torch.ones(width))
+        super().__init__(width, n_heads, ffn_ratio, dropout)  # the same layers, used on the class token
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``cls`` ``(B, 1, d)``, ``x`` ``(B, T, d)``, ``mask`` ``(B, T)``; returns the new class token ``(B, 1, d)``."""
