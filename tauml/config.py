@@ -317,6 +317,30 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class ParTBaselineConfig:
+    """The supervised ParticleTransformer baseline (weaver-core; ``paper``: ml-tau-en-reg's plain ParT, reference C.1)."""
+
+    embed_dims: tuple[int, ...] = (64, 128, 64)
+    pair_embed_dims: tuple[int, ...] = (32, 32, 32)
+    num_heads: int = 4
+    num_layers: int = 2
+    num_cls_layers: int = 2
+    dropout: float = 0.1
+    use_lifetime: bool = False
+
+
+@dataclass(frozen=True)
+class DeepSetConfig:
+    """The DeepSet baseline (``paper``: GELU MLPs of width 128 and mean pooling, reference C.1)."""
+
+    width: int = 64
+    n_constituent_layers: int = 3
+    n_jet_layers: int = 3
+    dropout: float = 0.0
+    use_lifetime: bool = False
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Training a tau model on one task with one strategy (the core paper's section 3.2)."""
 
@@ -389,6 +413,8 @@ class Preset:
     head: HeadConfig
     finetune: FinetuneConfig
     scan: ScanConfig
+    part: ParTBaselineConfig = field(default_factory=ParTBaselineConfig)
+    deepset: DeepSetConfig = field(default_factory=DeepSetConfig)
     description: str = ""
 
     def validate(self) -> Preset:
@@ -437,6 +463,8 @@ PAPER = Preset(
     finetune=FinetuneConfig(epochs=100, batch_size=4096, lr=1e-4, unfreeze_epoch=50, train_size=1_000_000,
                             val_size=540_000),
     scan=ScanConfig(train_sizes=(2_000, 10_000, 100_000, 1_000_000), ablation_train_size=2000),
+    part=ParTBaselineConfig(embed_dims=(256, 512, 256), pair_embed_dims=(64, 64, 64), num_heads=8),
+    deepset=DeepSetConfig(width=128),
 )
 
 PRESETS: dict[str, Preset] = {"demo": DEMO, "paper": PAPER}

@@ -300,7 +300,7 @@ def model_key(preset: str | Preset) -> str:
     from tauml.config import config_hash
 
     p = _preset(preset)
-    return config_hash(backbone_key(p), p.head)
+    return config_hash(backbone_key(p), p.head, p.part, p.deepset)
 
 
 def finetune_dir(preset: str | Preset, config) -> Path:

@@ -7,12 +7,8 @@ import sys
 import pytest
 import torch
 
-from tauml.models.baselines import (
-    DeepSetBaseline,
-    DeepSetConfig,
-    ParTBaselineConfig,
-    ParticleTransformerBaseline,
-)
+from tauml.config import DeepSetConfig, ParTBaselineConfig
+from tauml.models.baselines import DeepSetBaseline, ParticleTransformerBaseline
 from tauml.models.heads import TASK_OUTPUTS
 
 SMALL_PART = ParTBaselineConfig(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2)

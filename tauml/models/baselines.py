@@ -15,46 +15,15 @@ padded constituents have no influence on the output, in training and in evaluati
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from tauml.config import DeepSetConfig, ParTBaselineConfig
 from tauml.data.features import N_FEATURES
 from tauml.models.heads import TASK_OUTPUTS, zero_output_layer
 
 N_LIFETIME_FEATURES = 4
-
-
-@dataclass(frozen=True)
-class ParTBaselineConfig:
-    """Settings of the ParticleTransformer baseline (``paper``: reference C.1, ml-tau-en-reg's plain ParT)."""
-
-    embed_dims: tuple[int, ...] = (64, 128, 64)
-    pair_embed_dims: tuple[int, ...] = (32, 32, 32)
-    num_heads: int = 4
-    num_layers: int = 2
-    num_cls_layers: int = 2
-    dropout: float = 0.1
-    use_lifetime: bool = False
-
-
-@dataclass(frozen=True)
-class DeepSetConfig:
-    """Settings of the DeepSet baseline (``paper``: GELU MLPs of width 128 and mean pooling, reference C.1)."""
-
-    width: int = 64
-    n_constituent_layers: int = 3
-    n_jet_layers: int = 3
-    dropout: float = 0.0
-    use_lifetime: bool = False
-
-
-PART_PRESETS: dict[str, ParTBaselineConfig] = {
-    "demo": ParTBaselineConfig(),
-    "paper": ParTBaselineConfig(embed_dims=(256, 512, 256), pair_embed_dims=(64, 64, 64), num_heads=8),
-}
-DEEPSET_PRESETS: dict[str, DeepSetConfig] = {"demo": DeepSetConfig(), "paper": DeepSetConfig(width=128)}
 
 
 def _check_inputs(features: torch.Tensor, mask: torch.Tensor, lifetime: torch.Tensor | None, use_lifetime: bool) -> None:

@@ -156,15 +156,13 @@ def build_model(preset: Preset, config: FinetuneConfig) -> torch.nn.Module:
     from tauml import pipeline
 
     if config.strategy == "part":
-        from tauml.models.baselines import PART_PRESETS, ParticleTransformerBaseline
+        from tauml.models.baselines import ParticleTransformerBaseline
 
-        return ParticleTransformerBaseline(config.task, PART_PRESETS.get(preset.name, PART_PRESETS["demo"]),
-                                           seed=config.seed)
+        return ParticleTransformerBaseline(config.task, preset.part, seed=config.seed)
     if config.strategy == "deepset":
-        from tauml.models.baselines import DEEPSET_PRESETS, DeepSetBaseline
+        from tauml.models.baselines import DeepSetBaseline
 
-        return DeepSetBaseline(config.task, DEEPSET_PRESETS.get(preset.name, DEEPSET_PRESETS["demo"]),
-                               seed=config.seed)
+        return DeepSetBaseline(config.task, preset.deepset, seed=config.seed)
     from tauml.models.tau import build_tau_model
 
     pretrained = None if config.strategy == "from_scratch" else pipeline.backbone_checkpoint(preset)
