@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tauml.cache import DATA_FORMAT_VERSION, MODEL_FORMAT_VERSION, cache_path, write_json
+from tauml.cache import cache_path, write_json
 from tauml.config import (
     BASELINES,
     STRATEGIES,
@@ -66,15 +66,16 @@ RunFunction = Callable[[FinetuneConfig], Any]
 def preset_key(preset: Preset | str) -> str:
     """The name of a preset's scan store: ``<name>-<hash>``.
 
-    The hash covers everything a fine-tuning point depends on besides its own :class:`FinetuneConfig`
-    (generation, features, tokenizer, GPT, pretraining, head) and the data and model format versions; it
-    leaves out ``scan`` and ``finetune``, so that widening a scan or changing the base fine-tuning settings
-    keeps the points already computed (each point carries its full fine-tuning configuration).
+    The hash is :func:`tauml.pipeline.model_key`: everything a fine-tuning point depends on besides its own
+    :class:`FinetuneConfig` (generation, features, tokenizer, GPT, pretraining, head, baselines, and the data
+    and model format versions); it leaves out ``scan`` and ``finetune``, so that widening a scan or changing
+    the base fine-tuning settings keeps the points already computed (each point carries its full fine-tuning
+    configuration).
     """
+    from tauml.pipeline import model_key
+
     preset = _as_preset(preset)
-    digest = config_hash(preset.generation, preset.features, preset.tokenizer, preset.gpt, preset.pretrain,
-                         preset.head, {"data_format": DATA_FORMAT_VERSION, "model_format": MODEL_FORMAT_VERSION})
-    return f"{preset.name}-{digest}"
+    return f"{preset.name}-{model_key(preset)}"
 
 
 def _as_preset(preset: Preset | str) -> Preset:
