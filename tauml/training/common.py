@@ -46,6 +46,38 @@ def usable_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def memory_limit_bytes() -> int:
+    """The memory this process may use: the container's cgroup limit (v2, then v1) when there is one (Binder and
+    CI containers), else the machine's physical memory."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
+#: Memory of one training worker process (torch, the data and the tokenizer: ~0.8 GB measured) and what the
+#: parent keeps; parallel workers are used only when they fit.
+WORKER_MEMORY = 1.0e9
+PARENT_MEMORY = 1.5e9
+
+
+def parallel_workers(jobs: int, requested: int | None = None) -> int:
+    """How many worker processes to train ``jobs`` models with: ``requested``, else ``$TAUML_WORKERS``, else the
+    usable cores, but never more than the memory allows (a Binder session has 2 GB: one process, no workers)."""
+    if requested is None and os.environ.get("TAUML_WORKERS"):
+        requested = int(os.environ["TAUML_WORKERS"])
+    workers = requested or len(usable_cores())
+    fits = int((memory_limit_bytes() - PARENT_MEMORY) // WORKER_MEMORY)
+    return max(1, min(workers, jobs, fits))
+
+
 def limit_threads() -> None:
     """Use no more torch threads than usable cores."""
     n = len(usable_cores())

@@ -340,7 +340,8 @@ def finetune_many(preset: str | Preset, configs: list[FinetuneConfig], workers: 
     """:func:`finetune` for many configurations, in parallel worker processes, each training run once.
 
     Cached results are read at once; the trainings that are missing run in ``workers`` processes (default:
-    the usable cores), after the tokenizer and the backbone have been built here.  ``on_result(config,
+    the usable cores, as far as the memory allows, :func:`tauml.training.common.parallel_workers`), after the
+    tokenizer and the backbone have been built here.  ``on_result(config,
     result)`` is called as each configuration is done (e.g. to store a scan point).  Results come back in the
     order of ``configs``.
     """
@@ -367,7 +368,7 @@ def finetune_many(preset: str | Preset, configs: list[FinetuneConfig], workers: 
         pipeline.backbone_checkpoint(preset, progress=progress)  # build once, before the workers start
     else:
         pipeline.tokenizer(preset, progress=progress)
-    workers = workers or len(common.usable_cores())
+    workers = common.parallel_workers(len(todo), workers)
     bar = common.progress(total=len(todo), desc="trainings", unit="model", disable=not progress or None, leave=True)
 
     def finished(indices: list[int], result: FinetuneResult) -> None:
