@@ -380,7 +380,7 @@ def run_scan(points: Sequence[FinetuneConfig], store: ScanStore, run: RunFunctio
     preset, run in ``workers`` parallel processes (default: the usable cores; ``workers=1`` runs here).  An exception in ``run`` stops the scan; the points finished before it stay stored, and calling
     ``run_scan`` again continues with the others.
     """
-    from tauml.training.common import progress as progress_bar
+    from tauml.utils import progress as progress_bar
 
     points = list(points)
     for config in points:

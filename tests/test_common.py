@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from tauml import utils
 from tauml.training import common
 
 
@@ -34,12 +35,13 @@ def test_bucketed_batches_cover_every_jet_once_and_repeat_per_seed_and_epoch():
 
 def test_parallel_workers_respect_the_memory_limit(monkeypatch):
     monkeypatch.delenv("TAUML_WORKERS", raising=False)
-    monkeypatch.setattr(common, "usable_cores", lambda: [0, 1])
-    monkeypatch.setattr(common, "memory_limit_bytes", lambda: 24e9)
-    assert common.parallel_workers(jobs=10) == 2
-    assert common.parallel_workers(jobs=1) == 1
-    monkeypatch.setattr(common, "memory_limit_bytes", lambda: 2e9)  # a Binder session
-    assert common.parallel_workers(jobs=10) == 1
-    monkeypatch.setattr(common, "memory_limit_bytes", lambda: 24e9)
+    monkeypatch.setattr(utils, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(utils, "memory_limit_bytes", lambda: 24e9)
+    assert utils.parallel_workers(jobs=10) == 2
+    assert utils.parallel_workers(jobs=1) == 1
+    monkeypatch.setattr(utils, "memory_limit_bytes", lambda: 2e9)  # a Binder session
+    assert utils.parallel_workers(jobs=10) == 1
+    assert utils.parallel_workers(jobs=10, worker_memory=0.6e9, parent_memory=0.6e9) == 2  # generation workers
+    monkeypatch.setattr(utils, "memory_limit_bytes", lambda: 24e9)
     monkeypatch.setenv("TAUML_WORKERS", "1")
-    assert common.parallel_workers(jobs=10) == 1
+    assert utils.parallel_workers(jobs=10) == 1

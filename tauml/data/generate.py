@@ -35,6 +35,8 @@ from tauml.data.detector import Candidates, simulate_ee, simulate_pp
 from tauml.data.pythia import SAMPLE_INDEX, GenEvents, generate_batch, pythia_seed
 from tauml.data.schema import FUURE_ROW_GROUP_SIZE, JETCLASS_LABELS, JETCLASS_TREE, DataError
 from tauml.data.truth import DM_LEPTONIC, decay_mode_from_products, last_copy_taus, tau_decay_products
+from tauml.utils import parallel_workers
+from tauml.utils import progress as progress_bar
 
 #: Reco and generator jets below this pT are not written (GeV); the tau tasks select 5 to 20 GeV and above.
 EE_MIN_JET_PT = 1.0
@@ -521,13 +523,6 @@ def _check_out_dir(out_dir: Path, config: GenerationConfig) -> None:
     write_json(state, wanted)
 
 
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def generate(config: GenerationConfig, out_dir: str | os.PathLike[str], workers: int | None = None,
              progress: bool = True) -> GeneratedData:
     """Generate (or finish generating) the dataset of ``config`` in ``out_dir``; see the module docstring."""
@@ -541,9 +536,9 @@ def generate(config: GenerationConfig, out_dir: str | os.PathLike[str], workers:
     todo = [t for t in tasks if not _chunk_paths(out_dir, t)["done"].exists()]
     # slowest samples first so that the workers finish together
     todo.sort(key=lambda t: (t.sample not in ("z", "TTBar", "ZJetsToNuNu"), t.sample, t.chunk))
-    workers = workers or _default_workers()
+    # a generation worker holds Pythia, a chunk and its jets: ~0.5 GB measured
+    workers = parallel_workers(len(todo), workers, worker_memory=0.6e9, parent_memory=0.6e9)
     start = time.perf_counter()
-    from tauml.training.common import progress as progress_bar
 
     bar = progress_bar(total=sum(t.n_events for t in tasks), initial=sum(t.n_events for t in tasks) - sum(
         t.n_events for t in todo), desc="generating events", unit="ev", disable=not progress or None, leave=True)

@@ -20,6 +20,10 @@ import torch
 
 from tauml.cache import atomic_path
 from tauml.models import CheckpointError
+from tauml.utils import parallel_workers, progress, usable_cores
+
+#: Re-exported for the training loops: ``common.progress`` and ``common.parallel_workers`` (torch-free, in utils).
+__all__ = ["parallel_workers", "progress"]
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -36,46 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global state some libraries still draw from
     torch.manual_seed(seed)
-
-
-def usable_cores() -> list[int]:
-    """The CPU cores this process may run on (containers often allow fewer than os.cpu_count())."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return list(range(os.cpu_count() or 1))
-
-
-def memory_limit_bytes() -> int:
-    """The memory this process may use: the container's cgroup limit (v2, then v1) when there is one (Binder and
-    CI containers), else the machine's physical memory."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = open(path).read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:
-            return int(text)
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2**62
-
-
-#: Memory of one training worker process (torch, the data and the tokenizer: ~0.8 GB measured) and what the
-#: parent keeps; parallel workers are used only when they fit.
-WORKER_MEMORY = 1.0e9
-PARENT_MEMORY = 1.5e9
-
-
-def parallel_workers(jobs: int, requested: int | None = None) -> int:
-    """How many worker processes to train ``jobs`` models with: ``requested``, else ``$TAUML_WORKERS``, else the
-    usable cores, but never more than the memory allows (a Binder session has 2 GB: one process, no workers)."""
-    if requested is None and os.environ.get("TAUML_WORKERS"):
-        requested = int(os.environ["TAUML_WORKERS"])
-    workers = requested or len(usable_cores())
-    fits = int((memory_limit_bytes() - PARENT_MEMORY) // WORKER_MEMORY)
-    return max(1, min(workers, jobs, fits))
 
 
 def limit_threads() -> None:
@@ -184,13 +148,3 @@ def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"cannot read the training state {path}: {err}. Delete it to start the training afresh."
         ) from err
-
-
-def progress(iterable: Any = None, **kwargs: Any) -> Any:
-    """A tqdm progress bar that renders in notebooks and terminals alike (``TAUML_PROGRESS=0`` hides it)."""
-    from tqdm.auto import tqdm
-
-    kwargs.setdefault("disable", os.environ.get("TAUML_PROGRESS", "1") == "0")
-    kwargs.setdefault("leave", False)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, **kwargs)

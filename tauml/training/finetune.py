@@ -340,7 +340,7 @@ def finetune_many(preset: str | Preset, configs: list[FinetuneConfig], workers: 
     """:func:`finetune` for many configurations, in parallel worker processes, each training run once.
 
     Cached results are read at once; the trainings that are missing run in ``workers`` processes (default:
-    the usable cores, as far as the memory allows, :func:`tauml.training.common.parallel_workers`), after the
+    the usable cores, as far as the memory allows, :func:`tauml.utils.parallel_workers`), after the
     tokenizer and the backbone have been built here.  ``on_result(config,
     result)`` is called as each configuration is done (e.g. to store a scan point).  Results come back in the
     order of ``configs``.
