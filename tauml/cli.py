@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -159,6 +160,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     payload = {"config": to_dict(result.config), "metrics": result.metrics, "reference": result.reference,
                "best_epoch": result.best_epoch, "preset": preset.name}
     if args.out:
+        if os.path.exists(args.out) and not args.overwrite:
+            raise FileExistsError(f"{args.out} exists; choose another path or pass --overwrite to replace it")
         write_json(args.out, payload)
         print(f"metrics written to {args.out}")
     else:
@@ -258,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true")
         if name == "evaluate":
             p.add_argument("--out", help="write the metrics to this JSON file")
+            p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("scan", help="ablation and data-efficiency scans, several seeds per point (cached per point)")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
@@ -286,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"tauml {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -138,6 +138,10 @@ def test_command_line_finetune_and_evaluate(tiny_preset, built, tmp_path, monkey
     assert main(["evaluate", *args, "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
     assert payload["config"]["strategy"] == "fine_tuning" and "resolution" in payload["metrics"]
+    out.write_text("my notes")
+    assert main(["evaluate", *args, "--out", str(out)]) == 2  # never overwrites a file silently
+    assert out.read_text() == "my notes" and "--overwrite" in capsys.readouterr().err
+    assert main(["evaluate", *args, "--out", str(out), "--overwrite"]) == 0
     assert main(["finetune", "--preset", "tiny", "--task", "reg", "--strategy", "fine_tuning", "--gpt-blocks", "9",
                  "--quiet"]) == 2
     assert "n_gpt_blocks=9" in capsys.readouterr().err
