@@ -470,8 +470,10 @@ PAPER = Preset(
 PRESETS: dict[str, Preset] = {"demo": DEMO, "paper": PAPER}
 
 
-def get_preset(name: str) -> Preset:
-    """Return the preset called ``name`` (``demo`` or ``paper``), validated."""
+def get_preset(name: str | Preset) -> Preset:
+    """The preset called ``name`` (``demo`` or ``paper``), validated; a :class:`Preset` is validated and returned."""
+    if isinstance(name, Preset):
+        return name.validate()
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name].validate()

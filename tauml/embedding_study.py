@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tauml.config import Preset
+from tauml.config import Preset, get_preset
 from tauml.data import DataError
 from tauml.embeddings import tsne
 
@@ -55,7 +55,7 @@ def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int 
     from tauml.models.gpt import GPT, load_backbone
     from tauml.training.finetune import MODEL_FILE, build_model, finetune, resolve
 
-    p = pipeline._preset(preset)
+    p = get_preset(preset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         untrained = GPT(pipeline.gpt_config(p)).eval()

@@ -33,8 +33,7 @@ TASK_SAMPLES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def _preset(preset: str | Preset) -> Preset:
-    return get_preset(preset) if isinstance(preset, str) else preset.validate()
+_preset = get_preset  # every step accepts a preset's name or a Preset
 
 
 def dataset(preset: str | Preset = "demo", progress: bool = True) -> GeneratedData:

@@ -17,7 +17,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tauml.config import BASELINES, STRATEGIES, TASKS, Preset
+from tauml.config import BASELINES, STRATEGIES, TASKS, Preset, get_preset
 from tauml.training.finetune import FinetuneResult, finetune_many
 
 Results = dict[str, dict[str, list[FinetuneResult]]]
@@ -38,9 +38,8 @@ def run_comparison(preset: str | Preset, tasks: Sequence[str] = TASKS,
                    progress: bool = True, workers: int | None = None, **settings: Any) -> Results:
     """Train (or load) every (task, model, seed), in parallel worker processes; ``settings`` override the
     preset's FinetuneConfig (e.g. ``train_size=2000``, ``unfreeze_epoch=10``)."""
-    from tauml import pipeline
 
-    p = pipeline._preset(preset)
+    p = get_preset(preset)
     jobs = [(task, model, seed) for task in tasks for model in models for seed in seeds]
     configs = [replace(p.finetune, task=task, strategy=model, seed=seed, **settings) for task, model, seed in jobs]
     results: Results = {task: {model: [] for model in models} for task in tasks}
@@ -208,10 +207,9 @@ def run_ablations(preset: str | Preset, tasks: Sequence[str] = TASKS, kinds: Seq
     the unfreeze scan's base point, the training-size scan at the ablation size) are trained once; points
     already in the store cost nothing, so a second call, or a widened scan, trains only what is new.
     """
-    from tauml import pipeline
     from tauml.scan import ScanStore, build_scan, run_scan
 
-    p = pipeline._preset(preset)
+    p = get_preset(preset)
     plan = {kind: {task: build_scan(p, kind, task, strategies=strategies) for task in tasks} for kind in kinds}
     every = [config for by_task in plan.values() for points in by_task.values() for config in points]
     store = ScanStore.for_preset(p)

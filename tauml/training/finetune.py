@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tauml.cache import read_json, write_json
-from tauml.config import BASELINES, STRATEGIES, FinetuneConfig, Preset, from_dict, to_dict
+from tauml.config import BASELINES, STRATEGIES, FinetuneConfig, Preset, from_dict, get_preset, to_dict
 from tauml.data.features import JetArrays
 from tauml.losses import task_loss
 from tauml.metrics import (
@@ -224,7 +224,7 @@ def finetune(
     """
     from tauml import pipeline
 
-    preset = pipeline._preset(preset)
+    preset = get_preset(preset)
     config = resolve(preset, config)
     folder = Path(folder) if folder is not None else pipeline.finetune_dir(preset, same_training(config))
     folder.mkdir(parents=True, exist_ok=True)
@@ -350,7 +350,7 @@ def finetune_many(preset: str | Preset, configs: list[FinetuneConfig], workers: 
 
     from tauml import pipeline
 
-    preset = pipeline._preset(preset)
+    preset = get_preset(preset)
     configs = [resolve(preset, c) for c in configs]
     folders = [pipeline.finetune_dir(preset, same_training(c)) for c in configs]
     results: list[FinetuneResult | None] = [None] * len(configs)

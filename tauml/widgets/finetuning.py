@@ -17,7 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
-from tauml.config import BASELINES, STRATEGIES, TASKS, FinetuneConfig, Preset
+from tauml.config import BASELINES, STRATEGIES, TASKS, FinetuneConfig, Preset, get_preset
 from tauml.plots import STRATEGY_LABELS
 from tauml.widgets.common import show
 
@@ -29,10 +29,9 @@ class FinetunePanel(widgets.VBox):
 
     def __init__(self, preset: str | Preset = "demo", run: Callable[..., Any] | None = None,
                  train_sizes: tuple[int, ...] | None = None) -> None:
-        from tauml import pipeline
         from tauml.training.finetune import finetune
 
-        self.preset = pipeline._preset(preset)
+        self.preset = get_preset(preset)
         self.run = run or finetune
         self.last_result = None
         base = self.preset.finetune
