@@ -428,7 +428,7 @@ DEMO = Preset(
     name="demo",
     description="The whole notebook series in minutes on 2 CPU cores within 2 GB (CI runs it).",
     generation=GenerationConfig(
-        events={"z": 6000, "zh": 2000, "qq": 2000, "ZJetsToNuNu": 6000, "TTBar": 8000},
+        events={"z": 6000, "zh": 2000, "qq": 6000, "ZJetsToNuNu": 6000, "TTBar": 8000},
         seed=1,
         chunk_events=500,
     ),

@@ -84,6 +84,18 @@ def misid_at_efficiency(scores: np.ndarray, labels: np.ndarray, efficiency: floa
     return float(misid_on_grid(scores, labels, np.array([efficiency]))[0])
 
 
+def misid_statistical_error(misid: float, n_background: int) -> float:
+    """Statistical uncertainty of a mis-ID rate measured on ``n_background`` background jets.
+
+    The number of passing background jets k = misid x n_background is Poisson-distributed; its error is
+    sqrt(k), taken as at least one jet so that a rate of zero is not quoted as exact:
+    sqrt(max(k, 1)) / n_background.  A measured 0.005 on 600 jets is 3 jets: 0.005 ± 0.003.
+    """
+    if n_background <= 0:
+        raise ValueError(f"n_background={n_background}: no background jets to measure a mis-ID rate on")
+    return float(np.sqrt(max(misid * n_background, 1.0)) / n_background)
+
+
 def mean_std_over_runs(values: Sequence[Any], ddof: int = 0) -> tuple[Any, Any]:
     """Mean and standard deviation over runs (axis 0): numbers give floats, curves give arrays.
 
@@ -308,7 +320,8 @@ def evaluate_task(task: str, outputs: np.ndarray, arrays: JetArrays) -> dict[str
 
     ``outputs``: id, the tau probability (n_jets,); reg, the predicted ln(pT_vis / pT_jet) (n_jets,) (only
     tau jets are used); dm, class probabilities (n_jets, 6) (only tau jets are used).
-    id: ``auc``, ``misid_at_80``; reg: ``median``, ``iqr``, ``resolution``, ``mean``, ``std``, ``n`` of the
+    id: ``auc``, ``misid_at_80``, its statistical error ``misid_at_80_stat`` and the number of background
+    jets ``n_background``; reg: ``median``, ``iqr``, ``resolution``, ``mean``, ``std``, ``n`` of the
     response; dm: ``accuracy``, ``weighted_auc``, ``macro_f1``, ``confusion`` (row-normalised), ``note``.
     """
     outputs = np.asarray(outputs)
@@ -317,7 +330,10 @@ def evaluate_task(task: str, outputs: np.ndarray, arrays: JetArrays) -> dict[str
     taus = np.asarray(arrays.is_tau) == 1
     if task == "id":
         scores = outputs.reshape(len(arrays))
-        return {"auc": auc(scores, arrays.is_tau), "misid_at_80": misid_at_efficiency(scores, arrays.is_tau, 0.8)}
+        misid = misid_at_efficiency(scores, arrays.is_tau, 0.8)
+        n_background = int((~taus).sum())
+        return {"auc": auc(scores, arrays.is_tau), "misid_at_80": misid,
+                "misid_at_80_stat": misid_statistical_error(misid, n_background), "n_background": n_background}
     if task == "reg":
         pred_pt = pt_from_log_ratio(outputs.reshape(len(arrays))[taus], arrays.jet_pt[taus])
         return response_metrics(pred_pt, arrays.gen_vis_pt[taus])

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tauml.config import BASELINES, STRATEGIES, TASKS, Preset, get_preset
+from tauml.metrics import misid_statistical_error
 from tauml.training.finetune import FinetuneResult, finetune_many
 
 Results = dict[str, dict[str, list[FinetuneResult]]]
@@ -65,6 +66,12 @@ def headline_rows(results: Results) -> list[dict[str, Any]]:
             for key in keys[task]:
                 mean, std = _mean_std([r.metrics[key] for r in runs])
                 row[METRIC_LABELS[key]] = f"{mean:.4g} ± {std:.2g}" if len(runs) > 1 else f"{mean:.4g}"
+                if key == "misid_at_80" and "n_background" in runs[0].metrics:
+                    # the seeds share one test set: the counting error is that of the mean rate
+                    n_background = runs[0].metrics["n_background"]
+                    stat = misid_statistical_error(mean, n_background)
+                    seeds = " (seeds)" if len(runs) > 1 else ""
+                    row[METRIC_LABELS[key]] += f"{seeds} ± {stat:.2g} (stat., {n_background} background jets)"
             row["trainable parameters"] = runs[0].n_trainable_parameters
             rows.append(row)
             reference = runs[0].reference

@@ -22,6 +22,7 @@ from tauml.metrics import (
     macro_f1,
     mean_std_over_runs,
     misid_at_efficiency,
+    misid_statistical_error,
     reco_pt_reference,
     response_metrics,
     roc_curve,
@@ -157,6 +158,10 @@ def test_evaluate_task() -> None:
     arrays = _arrays()
     ident = evaluate_task("id", np.array([0.9, 0.8, 0.3, 0.4, 0.2, 0.1]), arrays)
     assert ident["auc"] == pytest.approx(8 / 9)
+    # ROC points (efficiency, mis-ID): (2/3, 0) at the cut 0.8 and (1, 1/3) at 0.3; 80 % lies 40 % of the way
+    assert ident["misid_at_80"] == pytest.approx(0.4 / 3)
+    assert ident["n_background"] == 3
+    assert ident["misid_at_80_stat"] == pytest.approx(misid_statistical_error(ident["misid_at_80"], 3))
     # perfect regression: the true log ratio for taus, garbage for background jets (ignored)
     reg = evaluate_task("reg", np.nan_to_num(arrays.log_pt_ratio, nan=5.0), arrays)
     assert reg["median"] == pytest.approx(1.0, rel=1e-5) and reg["iqr"] == pytest.approx(0.0, abs=1e-5)
@@ -199,3 +204,28 @@ def test_plots_render_with_labelled_axes() -> None:
         plt.close(fig)
     table = metrics_table({"fine_tuning": [{"auc": 0.9}, {"auc": 0.8}], "part": {"auc": 0.95}})
     assert "| Fine-tuning | 0.85 ± 0.05 |" in table and "| ParticleTransformer | 0.95 |" in table
+
+
+def test_misid_statistical_error() -> None:
+    # 3 of 600 background jets pass: sqrt(3) / 600
+    assert misid_statistical_error(0.005, 600) == pytest.approx(np.sqrt(3) / 600)
+    # none pass: at least one jet's worth of uncertainty, never an exact zero
+    assert misid_statistical_error(0.0, 200) == pytest.approx(1 / 200)
+    with pytest.raises(ValueError, match="no background jets"):
+        misid_statistical_error(0.1, 0)
+
+
+def test_headline_rows_quote_the_counting_error_of_the_misid() -> None:
+    from types import SimpleNamespace
+
+    from tauml.studies import headline_rows
+
+    def run(misid: float) -> SimpleNamespace:
+        metrics = {"misid_at_80": misid, "auc": 0.98, "misid_at_80_stat": misid_statistical_error(misid, 600),
+                   "n_background": 600}
+        return SimpleNamespace(metrics=metrics, n_trainable_parameters=10, reference={})
+
+    (one,) = headline_rows({"id": {"fine_tuning": [run(0.005)]}})
+    assert one["mis-ID at 80 % τ efficiency"] == "0.005 ± 0.0029 (stat., 600 background jets)"
+    (three,) = headline_rows({"id": {"fine_tuning": [run(0.004), run(0.005), run(0.006)]}})
+    assert three["mis-ID at 80 % τ efficiency"] == "0.005 ± 0.00082 (seeds) ± 0.0029 (stat., 600 background jets)"
