@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "agg")
 os.environ.setdefault("TAUML_PROGRESS", "0")
-
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 #: Small enough to generate in ~10 s on one core, large enough to hold jets of every kind.
 TINY_EVENTS = {"z": 200, "zh": 100, "qq": 100, "ZJetsToNuNu": 150, "TTBar": 150}
@@ -68,13 +65,6 @@ def tiny_preset(tiny_config):
         finetune=FinetuneConfig(epochs=2, train_size=60, val_size=30, batch_size=32, unfreeze_epoch=1),
         scan=ScanConfig(train_sizes=(30, 60), seeds=(1, 2), ablation_train_size=60),
     ).validate()
-
-
-def real_file(name: str) -> Path:
-    path = REAL_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared/data/real is only on the team's machines)")
-    return path
 
 
 @pytest.fixture(autouse=True, scope="session")

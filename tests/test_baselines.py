@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from helpers import as_if_trained
 
 from tauml.config import DeepSetConfig, ParTBaselineConfig
 from tauml.models.baselines import DeepSetBaseline, ParticleTransformerBaseline
@@ -51,20 +52,9 @@ def _with_garbage(jets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _as_if_trained(model: torch.nn.Module) -> torch.nn.Module:
-    """The output layer starts at zero (zero_output_layer); give it values, as training would, so that the
-    outputs depend on the inputs and invariance tests can fail."""
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        last.weight.copy_(torch.randn(last.weight.shape, generator=g))
-        last.bias.copy_(torch.randn(last.bias.shape, generator=g))
-    return model
-
-
 MODELS = [
-    pytest.param(lambda task, **kw: _as_if_trained(ParticleTransformerBaseline(task, SMALL_PART, **kw)), id="part"),
-    pytest.param(lambda task, **kw: _as_if_trained(DeepSetBaseline(task, SMALL_DEEPSET, **kw)), id="deepset"),
+    pytest.param(lambda task, **kw: as_if_trained(ParticleTransformerBaseline(task, SMALL_PART, **kw)), id="part"),
+    pytest.param(lambda task, **kw: as_if_trained(DeepSetBaseline(task, SMALL_DEEPSET, **kw)), id="deepset"),
 ]
 
 
@@ -112,7 +102,7 @@ def test_part_batch_norm_ignores_padding_in_training() -> None:
     """With dropout off, a training-mode forward pass must not depend on how much padding a batch has
     (weaver-core's own input BatchNorm would count the padded zeros in its batch statistics)."""
     config = ParTBaselineConfig(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, dropout=0.0)
-    model = _as_if_trained(ParticleTransformerBaseline("id", config, seed=2)).train()
+    model = as_if_trained(ParticleTransformerBaseline("id", config, seed=2)).train()
     jets = _jets()
     longer = _padded_more(jets, extra=12)
     reference = model(jets["features"], jets["mask"], jets["p4"])
@@ -134,7 +124,7 @@ def test_constituent_order_does_not_matter(build) -> None:
 def test_lifetime_features_and_seeds() -> None:
     jets = _jets()
     config = ParTBaselineConfig(embed_dims=(16, 16), pair_embed_dims=(8,), num_heads=2, use_lifetime=True)
-    model = _as_if_trained(ParticleTransformerBaseline("reg", config, seed=1)).eval()
+    model = as_if_trained(ParticleTransformerBaseline("reg", config, seed=1)).eval()
     with torch.no_grad():
         with_life = model(**jets)
         changed = dict(jets, lifetime=jets["lifetime"] + 0.5 * jets["mask"][..., None])

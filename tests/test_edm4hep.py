@@ -9,6 +9,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from helpers import REAL_DATA, real_file
 
 from tauml.data.edm4hep import (
     DM_UNRESOLVED,
@@ -26,27 +27,20 @@ from tauml.data.readers import read_fuure
 from tauml.data.schema import CANDIDATE_PDG_CODES, FUURE_COLUMNS, DataError, validate_fuure
 from tauml.data.truth import decay_mode_from_products, last_copy_taus, tau_decay_products
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-SPRING2021 = REAL / "test_FCC_Spring2021.root"  # pre-EDM4hep-1.0, e+e- -> ZH at 240 GeV, 100 events
-WW_V1 = REAL / "p8_ee_WW_ecm240_edm4hep.root"  # EDM4hep 1.x, e+e- -> WW at 240 GeV, 10 events
+SPRING2021 = REAL_DATA / "test_FCC_Spring2021.root"  # pre-EDM4hep-1.0, e+e- -> ZH at 240 GeV, 100 events
+WW_V1 = REAL_DATA / "p8_ee_WW_ecm240_edm4hep.root"  # EDM4hep 1.x, e+e- -> WW at 240 GeV, 10 events
 
 pytestmark = pytest.mark.real_data
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared/data/real)")
-    return path
-
-
 @pytest.fixture(scope="module")
 def spring() -> ak.Array:
-    return read_edm4hep_taus(_need(SPRING2021))
+    return read_edm4hep_taus(real_file(SPRING2021))
 
 
 @pytest.fixture(scope="module")
 def ww() -> ak.Array:
-    return read_edm4hep_taus(_need(WW_V1))
+    return read_edm4hep_taus(real_file(WW_V1))
 
 
 def _p4(record: ak.Array) -> np.ndarray:
@@ -97,7 +91,7 @@ def test_taus_from_an_edm4hep_record():
 
 
 def test_podio_collection_ids_match_the_v1_file():
-    with uproot.open(_need(WW_V1)) as file:
+    with uproot.open(real_file(WW_V1)) as file:
         tree = file["events"]
         track_ids = set(ak.flatten(tree["_ReconstructedParticles_tracks/_ReconstructedParticles_tracks.collectionID"]
                                    .array()).tolist())
@@ -109,9 +103,9 @@ def test_podio_collection_ids_match_the_v1_file():
 
 
 def test_layout_detection_and_errors(tmp_path):
-    with uproot.open(_need(SPRING2021)) as file:
+    with uproot.open(real_file(SPRING2021)) as file:
         assert detect_layout(file["events"]) == "pre-edm4hep1"
-    with uproot.open(_need(WW_V1)) as file:
+    with uproot.open(real_file(WW_V1)) as file:
         assert detect_layout(file["events"]) == "edm4hep1"
     with pytest.raises(DataError, match="pre-edm4hep1 layout, not edm4hep1"):
         read_edm4hep_taus(SPRING2021, layout="edm4hep1")
@@ -123,7 +117,7 @@ def test_layout_detection_and_errors(tmp_path):
     junk.write_text("not ROOT")
     with pytest.raises(DataError, match="not a readable ROOT file"):
         read_edm4hep_taus(junk)
-    jetclass = REAL / "JetClassII_example.root"
+    jetclass = REAL_DATA / "JetClassII_example.root"
     if jetclass.exists():
         with pytest.raises(DataError, match="no 'events' tree"):
             read_edm4hep_taus(jetclass)
@@ -194,7 +188,7 @@ def test_jets_are_sums_of_their_candidates(sample, request):
 @pytest.mark.parametrize(("sample", "path"), [("spring", SPRING2021), ("ww", WW_V1)])
 def test_every_reco_particle_is_in_at_most_one_jet(sample, path, request):
     jets = request.getfixturevalue(sample)
-    with uproot.open(_need(path)) as file:
+    with uproot.open(real_file(path)) as file:
         n_reco = ak.to_numpy(ak.num(file["events"]["ReconstructedParticles/ReconstructedParticles.charge"].array()))
     events = ak.to_numpy(jets.event_number)
     for event in np.unique(events):
@@ -275,7 +269,7 @@ def _coffea_d0(events, layout: str) -> list[list[float | None]]:
                          [(SPRING2021, "pre-edm4hep1", "pre", "spring"), (WW_V1, "latest", "v1", "ww")])
 def test_candidates_agree_with_coffea(path, version, layout, sample, request):
     jets = request.getfixturevalue(sample)
-    events = _coffea_events(_need(path), version)
+    events = _coffea_events(real_file(path), version)
     d0 = _coffea_d0(events, layout)
     px, pz = ak.to_list(events.ReconstructedParticles.px), ak.to_list(events.ReconstructedParticles.pz)
     rows = zip(ak.to_list(jets.event_number), ak.to_list(jets.reco_cand_index), ak.to_list(jets.reco_cand_p4s),
@@ -289,7 +283,7 @@ def test_candidates_agree_with_coffea(path, version, layout, sample, request):
 
 def test_tau_decays_agree_with_coffea(spring):
     """Decay mode and visible energy of every tau jet, recomputed from coffea's daughter lists."""
-    events = _coffea_events(_need(SPRING2021), "pre-edm4hep1")
+    events = _coffea_events(real_file(SPRING2021), "pre-edm4hep1")
     particles = events.Particle
     taus = spring[spring.gen_jet_tau_decaymode >= 0]
     for event in np.unique(ak.to_numpy(taus.event_number)):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import as_if_trained
 
 from tauml.config import GPTConfig, HeadConfig
 from tauml.models import CheckpointError
@@ -32,20 +33,9 @@ def _hidden(batch: int = 4, length: int = 8, seed: int = 0) -> tuple[torch.Tenso
     return hidden, mask
 
 
-def _as_if_trained(model: torch.nn.Module) -> torch.nn.Module:
-    """The output layer starts at zero (zero_output_layer); give it values, as training would, so that the
-    outputs depend on the inputs and invariance tests can fail."""
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        last.weight.copy_(torch.randn(last.weight.shape, generator=g))
-        last.bias.copy_(torch.randn(last.bias.shape, generator=g))
-    return model
-
-
 def _head(task: str = "dm") -> TaskHead:
     torch.manual_seed(3)
-    return _as_if_trained(TaskHead(WIDTH, TASK_OUTPUTS[task], HEAD))
+    return as_if_trained(TaskHead(WIDTH, TASK_OUTPUTS[task], HEAD))
 
 
 def test_untrained_head_predicts_the_no_learning_answer() -> None:
@@ -135,14 +125,14 @@ def _train_step(model: TauModel, optimizer: torch.optim.Optimizer) -> None:
 
 def test_from_scratch_model_is_seeded(checkpoint: Path) -> None:
     tokens, mask = _tokens()
-    a = _as_if_trained(build_tau_model("dm", "from_scratch", GPT_CONFIG, HEAD, seed=5).eval())
-    b = _as_if_trained(build_tau_model("dm", "from_scratch", GPT_CONFIG, HEAD, seed=5).eval())
-    c = _as_if_trained(build_tau_model("dm", "from_scratch", GPT_CONFIG, HEAD, seed=6).eval())
+    a = as_if_trained(build_tau_model("dm", "from_scratch", GPT_CONFIG, HEAD, seed=5).eval())
+    b = as_if_trained(build_tau_model("dm", "from_scratch", GPT_CONFIG, HEAD, seed=5).eval())
+    c = as_if_trained(build_tau_model("dm", "from_scratch", GPT_CONFIG, HEAD, seed=6).eval())
     assert a(tokens, mask).shape == (6, 6)
     torch.testing.assert_close(a(tokens, mask), b(tokens, mask), rtol=0, atol=0)
     assert not torch.equal(a(tokens, mask), c(tokens, mask))
     # the head starts identical in every strategy for one seed
-    d = _as_if_trained(build_tau_model("dm", "fine_tuning", GPT_CONFIG, HEAD, pretrained=checkpoint, seed=5))
+    d = as_if_trained(build_tau_model("dm", "fine_tuning", GPT_CONFIG, HEAD, pretrained=checkpoint, seed=5))
     for (name, p), q in zip(a.head.named_parameters(), d.head.parameters()):
         assert torch.equal(p, q), name
 

@@ -8,6 +8,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from helpers import real_file
 
 from tauml.data.features import jet_arrays
 from tauml.data.readers import (
@@ -21,15 +22,7 @@ from tauml.data.readers import (
 )
 from tauml.data.schema import FUURE_COLUMNS, FUURE_ROW_GROUP_SIZE, JETCLASS_LABELS, DataError
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 N_JETS = 2500  # three row groups of 1024
-
-
-def _need(name: str) -> Path:
-    path = REAL / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared/data/real)")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -169,8 +162,8 @@ def test_fuure_missing_column_and_bad_vectors(tmp_path):
 
 
 def test_jetclass2_root_and_parquet_read_identically():
-    from_root = read_jetclass(_need("JetClassII_example.root"))
-    from_parquet = read_jetclass(_need("JetClassII_example.parquet"))
+    from_root = read_jetclass(real_file("JetClassII_example.root"))
+    from_parquet = read_jetclass(real_file("JetClassII_example.parquet"))
     assert len(from_root) == 100
     assert from_root.fields == from_parquet.fields
     assert str(from_root.type) == str(from_parquet.type)
@@ -185,7 +178,7 @@ def test_jetclass2_root_and_parquet_read_identically():
 
 
 def test_jetclass2_dtypes_and_features():
-    jets = read_jetclass(_need("JetClassII_example.root"))
+    jets = read_jetclass(real_file("JetClassII_example.root"))
     assert ak.flatten(jets.part_charge).layout.dtype == np.float32
     assert ak.flatten(jets.part_isPhoton).layout.dtype == np.bool_
     assert jets.jet_label.layout.dtype == np.int32
@@ -196,7 +189,7 @@ def test_jetclass2_dtypes_and_features():
 
 
 def test_jetclass_max_jets_and_branches():
-    root, parquet = _need("JetClassII_example.root"), _need("JetClassII_example.parquet")
+    root, parquet = real_file("JetClassII_example.root"), real_file("JetClassII_example.parquet")
     for path in (root, parquet):
         first = read_jetclass(path, max_jets=7)
         assert len(first) == 7

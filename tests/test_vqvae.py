@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import real_file
 from torch import nn
 
 from tauml.cache import MODEL_FORMAT_VERSION
@@ -35,20 +36,10 @@ from tauml.models.vqvae import (
 )
 from tauml.training.tokenizer import evaluate, tokenization_metrics, train_tokenizer
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 TINY = TokenizerConfig(codebook_size=16, latent_dim=4, hidden_dim=16, n_blocks=1, n_heads=2, dropout=0.0,
                        epochs=3, batch_size=32, lr=3e-3, dead_code_patience=5, kmeans_iterations=5,
                        train_jets=0, seed=7)
 MASSES = np.array([0.000511, 0.1057, 0.0, 0.1396, 0.4976])  # GeV, by particle type
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads slow to a crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def structured_jets(n_jets: int, slots: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -515,9 +506,7 @@ def test_training_refuses_bad_targets(tmp_path: Path) -> None:
 
 @pytest.mark.real_data
 def test_real_jetclass_jets_tokenize_and_train(tmp_path: Path) -> None:
-    path = REAL_DATA / "JetClassII_example.root"
-    if not path.exists():
-        pytest.skip(f"{path} is not here")
+    path = real_file("JetClassII_example.root")
     uproot = pytest.importorskip("uproot")
     jets = jet_arrays(uproot.open(path)["tree"].arrays(), source=str(path))
     config = replace(TINY, codebook_size=32, epochs=2)
