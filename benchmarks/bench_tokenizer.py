@@ -2,8 +2,8 @@
 
     python benchmarks/bench_tokenizer.py [--preset demo] [--jets 4000] [--threads N] [--device cpu]
 
-Inputs are real JetClass-II jets (../shared/data/real/JetClassII_example.root, 100 jets, resampled with
-their angles mirrored at random) when that file is there, else random jets with realistic structure.
+Inputs are the preset's generated pp jets (Pythia 8 + the Delphes-CMS-like detector, JetClass schema) from
+tauml's cache; they are generated first where the cache has none (about 2 minutes for ``demo``).
 Tokenization is timed with 128-slot padding (JetClass) and with the same jets cut to their 16 hardest
 constituents (tau jets); training with the preset's batch size on the 128-slot jets.  Prints figures only.
 """
@@ -12,46 +12,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from tauml import pipeline
 from tauml.config import get_preset
 from tauml.models.vqvae import Tokenizer
 from tauml.training import common
-from tauml.training.tokenizer import _batch, _epoch_batches, _make_optimizer
-
-REAL_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "JetClassII_example.root"
+from tauml.training.tokenizer import _batch, _epoch_batches, _make_optimizer, train_step
 
 
-def real_jets(n_jets: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str] | None:
-    if not REAL_FILE.exists():
-        return None
-    import uproot
-
-    from tauml.data.features import jet_arrays
-
-    jets = jet_arrays(uproot.open(REAL_FILE)["tree"].arrays())
-    pick = rng.integers(len(jets), size=n_jets)
-    features, mask = jets.features[pick].copy(), jets.mask[pick]
-    flip = rng.choice([-1.0, 1.0], size=(n_jets, 1, 2)).astype(np.float32)
-    features[..., 2:4] *= flip  # mirrored angles: the same physics, not the same 100 jets over and over
-    return features, mask, f"JetClass-II jets from {REAL_FILE.name}, resampled"
-
-
-def random_jets(n_jets: int, rng: np.random.Generator, slots: int = 128) -> tuple[np.ndarray, np.ndarray, str]:
-    counts = np.clip(rng.poisson(45, n_jets), 2, slots)
-    mask = np.arange(slots)[None, :] < counts[:, None]
-    pid = rng.choice(5, size=(n_jets, slots), p=[0.02, 0.02, 0.4, 0.4, 0.16])
-    features = np.zeros((n_jets, slots, 10), np.float32)
-    features[..., 0] = -np.sort(-rng.normal(0.5, 1.3, (n_jets, slots)), axis=1)
-    features[..., 1] = np.array([0.0026, 0.53, 0.0, 0.70, 2.49])[pid]
-    features[..., 2:4] = np.clip(rng.normal(0.0, 0.4, (n_jets, slots, 2)), -3, 3)
-    features[..., 4] = np.where(np.isin(pid, (0, 1, 3)), rng.choice([-1.0, 1.0], (n_jets, slots)), 0.0)
-    features[..., 5:] = np.eye(5)[pid]
-    features[~mask] = 0.0
-    return features, mask, "random structured jets (the JetClass-II file is not here)"
+def preset_jets(preset: str, n_jets: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    """``n_jets`` of the preset's generated pp jets (the tokenizer's training jets; generated on first use)."""
+    jets, _ = pipeline.pp_jets(preset)
+    pick = rng.choice(len(jets), size=n_jets, replace=n_jets > len(jets))
+    return jets.features[pick], jets.mask[pick], f"{n_jets} of the {len(jets)} generated pp jets of preset {preset!r}"
 
 
 def main() -> None:
@@ -69,7 +45,7 @@ def main() -> None:
     device = common.select_device(args.device)
     config = get_preset(args.preset).tokenizer
     rng = np.random.default_rng(1)
-    features, mask, source = real_jets(args.jets, rng) or random_jets(args.jets, rng)
+    features, mask, source = preset_jets(args.preset, args.jets, rng)
     print(f"preset {args.preset}: codebook {config.codebook_size}, latent {config.latent_dim}, hidden "
           f"{config.hidden_dim}, {config.n_blocks}+{config.n_blocks} blocks, {config.n_heads} heads")
     print(f"inputs: {source}; {mask.sum(1).mean():.1f} constituents per jet on average")
@@ -103,12 +79,7 @@ def main() -> None:
         if i == 2:  # the first steps are warm-up
             _sync(device)
             start = time.perf_counter()
-        x, m = _batch(features, mask, index, device)
-        out = tokenizer(x, m)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), config.grad_clip)
-        optimizer.step()
+        train_step(tokenizer, optimizer, *_batch(features, mask, index, device), config.grad_clip)
         if i >= 2:
             n_jets += len(index)
             n_constituents += int(mask[index].sum())
@@ -116,7 +87,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     print(f"train, batch {config.batch_size}, 128-slot padding: {n_jets / seconds:8.0f} jets/s  "
           f"{n_constituents / seconds:12.0f} constituents/s ({len(steps) - 2} steps in {seconds:.2f} s)")
-    epoch_jets = config.train_jets or len(features)
+    epoch_jets = config.train_jets or len(pipeline.pp_split(args.preset).train)  # the tokenizer's training set
     print(f"  -> one demo epoch of {epoch_jets} jets takes about {epoch_jets / (n_jets / seconds):.0f} s, "
           f"{config.epochs} epochs about {config.epochs * epoch_jets / (n_jets / seconds) / 60:.1f} min")
 

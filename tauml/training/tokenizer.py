@@ -125,12 +125,7 @@ def train_tokenizer(
                               total=steps_per_epoch, desc=f"tokenizer epoch {epoch + 1}/{config.epochs}",
                               **({} if progress else {"disable": True}))
         for step, index in enumerate(bar, start=1):
-            x, m = _batch(train_x, train_mask, index, torch_device)
-            out = tokenizer(x, m)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), config.grad_clip)
-            optimizer.step()
+            out = train_step(tokenizer, optimizer, *_batch(train_x, train_mask, index, torch_device), config.grad_clip)
             scheduler.step()
             sums["loss"] += float(out.loss.detach())
             for key, value in out.parts.items():
@@ -165,6 +160,18 @@ def _epoch_batches(counts: np.ndarray, batch_size: int, seed: int, epoch: int) -
     JetClass-like jets (128 slots, ~45 used) cutting each batch after its longest jet saves about a third of
     the time, without changing what a batch computes."""
     return common.bucketed_batches(counts, batch_size, seed, epoch, BUCKET_BATCHES, drop_last=True)
+
+
+def train_step(tokenizer: Tokenizer, optimizer: torch.optim.Optimizer, x: torch.Tensor, mask: torch.Tensor,
+               grad_clip: float):
+    """One optimisation step on a batch ``x`` (n_jets, n_slots, n_features) with boolean ``mask``; returns the
+    forward output (``.loss``, ``.parts``).  Gradients are clipped to norm ``grad_clip``."""
+    out = tokenizer(x, mask)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), grad_clip)
+    optimizer.step()
+    return out
 
 
 def _make_optimizer(tokenizer: Tokenizer, config: TokenizerConfig) -> torch.optim.AdamW:
