@@ -17,6 +17,7 @@ from tauml.models.gpt import CODE_OFFSET, GPT
 from tauml.models.vqvae import Tokenizer
 from tauml.plots.generation import (
     OBSERVABLES,
+    generation_distances,
     jet_observables,
     observable_distances,
     plot_observable_comparison,
@@ -128,6 +129,20 @@ def test_observable_distances_by_hand():
     distances = observable_distances(shifted, reference)
     assert distances == pytest.approx({**dict.fromkeys(OBSERVABLES, 2.0), "pid_fractions": 0.5})
     assert observable_distances(reference, reference) == pytest.approx(dict.fromkeys(distances, 0.0))
+
+
+def test_generation_distances_split_the_real_jets_into_halves(parts):
+    _, _, features, mask = parts
+    half = len(mask) // 2
+    # a perfect tokenizer (decoded = real) and a generator that returns the first half of the real jets
+    d = generation_distances((features, mask), (features, mask), (features[:half], mask[:half]))
+    assert d["tokenizer: decoded B vs real A"] == d["perfect: real B vs real A"]
+    assert d["GPT: generated vs decoded A"] == pytest.approx(dict.fromkeys(d["perfect: real B vs real A"], 0.0))
+    assert d["both: generated vs real A"] == pytest.approx(dict.fromkeys(d["perfect: real B vs real A"], 0.0))
+    assert d["perfect: real B vs real A"]["multiplicity"] > 0  # two different halves are not identical
+    # generated jets beyond half the real ones are not used
+    more = generation_distances((features, mask), (features, mask), (features, mask))
+    assert more["GPT: generated vs decoded A"] == d["GPT: generated vs decoded A"]
 
 
 def test_comparison_figures_draw_every_sample_with_ratios_to_the_reference(parts):

@@ -215,6 +215,36 @@ def observable_distances(observables: dict[str, np.ndarray], reference: dict[str
     return distances
 
 
+def generation_distances(real: tuple[Any, Any], decoded: tuple[Any, Any], generated: tuple[Any, Any],
+                         feature_config: FeatureConfig | None = None) -> dict[str, dict[str, float]]:
+    """Where the distance between generated and real jets comes from, per observable (:func:`observable_distances`).
+
+    ``real``, ``decoded`` (the same real jets after the tokenizer's round trip) and ``generated`` are
+    ``(features, mask)`` pairs.  The real jets are cut into halves A and B; returns four sets of distances:
+    ``"perfect: real B vs real A"`` (the floor set by finite samples), ``"tokenizer: decoded B vs real A"``,
+    ``"GPT: generated vs decoded A"`` (at most as many generated jets as a half) and
+    ``"both: generated vs real A"``.
+    """
+    real_features, real_mask = (_numpy(a) for a in real)
+    decoded_features, decoded_mask = (_numpy(a) for a in decoded)
+    half = len(real_mask) // 2
+    a, b = slice(0, half), slice(half, 2 * half)
+    n_generated = min(half, len(_numpy(generated[1])))
+
+    def observables(features: np.ndarray, mask: np.ndarray, part: slice) -> dict[str, np.ndarray]:
+        return jet_observables(features[part], mask[part], feature_config)
+
+    real_a, real_b = observables(real_features, real_mask, a), observables(real_features, real_mask, b)
+    generated_obs = observables(_numpy(generated[0]), _numpy(generated[1]), slice(0, n_generated))
+    return {
+        "perfect: real B vs real A": observable_distances(real_b, real_a),
+        "tokenizer: decoded B vs real A": observable_distances(observables(decoded_features, decoded_mask, b), real_a),
+        "GPT: generated vs decoded A": observable_distances(generated_obs,
+                                                            observables(decoded_features, decoded_mask, a)),
+        "both: generated vs real A": observable_distances(generated_obs, real_a),
+    }
+
+
 def plot_observable_comparison(
     samples: dict[str, dict[str, np.ndarray]], reference: str | None = None, text: str = "",
     colors: dict[str, str] | None = None,
