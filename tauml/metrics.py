@@ -310,6 +310,12 @@ def candidates_from_features(features: np.ndarray, mask: np.ndarray) -> tuple[np
     return pdg, charge
 
 
+def counting_decay_modes(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The no-learning decay mode of each jet from its 10 per-constituent features and boolean mask:
+    :func:`decay_mode_from_counting` on :func:`candidates_from_features`."""
+    return decay_mode_from_counting(*candidates_from_features(features, mask), mask)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Headline numbers per task
 # ----------------------------------------------------------------------------------------------------------

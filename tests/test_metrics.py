@@ -17,6 +17,7 @@ from tauml.metrics import (
     binned_response,
     candidates_from_features,
     confusion_matrix,
+    counting_decay_modes,
     decay_mode_from_counting,
     evaluate_task,
     macro_f1,
@@ -173,6 +174,11 @@ def test_evaluate_task() -> None:
     assert "rare" in dm["note"]
     pdg, charge = candidates_from_features(arrays.features, arrays.mask)
     assert pdg[:, 0].tolist() == [211] * 6 and pdg[:, 1].tolist() == [0] * 6 and charge[:, 0].tolist() == [1] * 6
+    # one charged hadron and no photon: h± (0); add two photons to the first jet: h±π0 (1)
+    assert counting_decay_modes(arrays.features, arrays.mask).tolist() == [0] * 6
+    features, mask = arrays.features.copy(), arrays.mask.copy()
+    features[0, 1:, 7], mask[0, 1:] = 1.0, True  # isPhoton
+    assert counting_decay_modes(features, mask).tolist() == [1] + [0] * 5
     with pytest.raises(ValueError, match="rows"):
         evaluate_task("id", np.zeros(3), arrays)
 

@@ -32,13 +32,7 @@ from tauml.cache import read_json, write_json
 from tauml.config import BASELINES, STRATEGIES, FinetuneConfig, Preset, from_dict, get_preset, to_dict
 from tauml.data.features import JetArrays
 from tauml.losses import task_loss
-from tauml.metrics import (
-    candidates_from_features,
-    confusion_matrix,
-    decay_mode_from_counting,
-    evaluate_task,
-    reco_pt_reference,
-)
+from tauml.metrics import confusion_matrix, counting_decay_modes, evaluate_task, reco_pt_reference
 from tauml.training import common
 from tauml.training.common import make_adamw
 
@@ -448,8 +442,7 @@ def no_learning_reference(task: str, jets: JetArrays) -> dict[str, Any]:
     if task == "reg":
         return reco_pt_reference(jets.jet_pt[taus], jets.gen_vis_pt[taus])
     if task == "dm":
-        pdg, charge = candidates_from_features(jets.features[taus], jets.mask[taus])
-        counted = decay_mode_from_counting(pdg, charge, jets.mask[taus])
+        counted = counting_decay_modes(jets.features[taus], jets.mask[taus])
         true = jets.dm[taus]
         return {"accuracy": float(np.mean(counted == true)), "confusion": confusion_matrix(true, counted, 6)}
     return {}
@@ -468,8 +461,7 @@ def prediction_arrays(task: str, predictions: np.ndarray, jets: JetArrays) -> di
     else:
         out["probs"] = predictions[taus]
         out["dm"] = jets.dm[taus]
-        pdg, charge = candidates_from_features(jets.features[taus], jets.mask[taus])
-        out["counting"] = decay_mode_from_counting(pdg, charge, jets.mask[taus])
+        out["counting"] = counting_decay_modes(jets.features[taus], jets.mask[taus])
     return {k: np.asarray(v) for k, v in out.items()}
 
 
