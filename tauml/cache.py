@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: Bump when the generator, detector or truth code changes what it writes for the same configuration.
 DATA_FORMAT_VERSION = 1
 #: Bump when a model or training change makes older cached checkpoints incompatible.
@@ -95,8 +97,6 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -104,3 +104,17 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars and arrays to Python numbers and lists."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from tauml.config import ALL_SAMPLES, BASELINES, PRESETS, STRATEGIES, TASKS, ConfigError, get_preset, to_dict
+from tauml.evaluation.tasks import headline_metric
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -93,7 +94,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 @command("train-tokenizer")
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from tauml import pipeline
-    from tauml.training.tokenizer import tokenization_metrics
+    from tauml.evaluation.tokenization import tokenization_metrics
 
     preset = get_preset(args.preset)
     tokenizer = pipeline.tokenizer(preset, progress=not args.quiet)
@@ -136,7 +137,7 @@ def _finetune_config(args: argparse.Namespace):
 
 @command("finetune")
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from tauml.training.finetune import finetune
+    from tauml.pipeline.finetuning import finetune
 
     preset, config = _finetune_config(args)
     result = finetune(preset, config, progress=not args.quiet)
@@ -153,7 +154,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tauml.cache import write_json
-    from tauml.training.finetune import finetune
+    from tauml.pipeline.finetuning import finetune
 
     preset, config = _finetune_config(args)
     result = finetune(preset, config, progress=not args.quiet)
@@ -171,8 +172,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 @command("scan")
 def cmd_scan(args: argparse.Namespace) -> int:
-    from tauml.report import markdown_table
-    from tauml.scan import ScanStore, build_scan, run_scan, summarize
+    from tauml.pipeline.scan import ScanStore, build_scan, run_scan, summarize
+    from tauml.studies.report import markdown_table
 
     preset = get_preset(args.preset)
     scan = preset.scan
@@ -183,10 +184,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     base = replace(preset.finetune, epochs=args.epochs) if args.epochs else None
     store = ScanStore.for_preset(preset)
     by = {"unfreeze": "unfreeze_epoch", "blocks": "n_gpt_blocks", "train_size": "train_size"}[args.kind]
-    metric = args.metric or {"id": "misid_at_80", "reg": "resolution", "dm": "weighted_auc"}[args.task]
+    metric = args.metric or (headline_metric(args.task) if args.task != "all" else None)
     for task in ([args.task] if args.task != "all" else list(TASKS)):
         if args.task == "all":
-            metric = args.metric or {"id": "misid_at_80", "reg": "resolution", "dm": "weighted_auc"}[task]
+            metric = args.metric or headline_metric(task)
         points = build_scan(preset, args.kind, task, base=base, scan=scan,
                             strategies=tuple(args.strategies) if args.strategies else STRATEGIES)
         records = run_scan(points, store, progress=not args.quiet)

@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from tauml import pipeline
+
 #: The notebook series, in order.  A notebook that does not exist (yet) is skipped with a note.
 SERIES: tuple[str, ...] = ("00_data", "01_tokenization", "02_pretraining", "03_finetuning", "04_ablations",
                            "05_embeddings", "06_joint_analysis")
@@ -38,7 +40,6 @@ def run_series(preset: str, results: str | os.PathLike[str], notebooks: list[str
     import nbformat
     from nbclient import NotebookClient
 
-    from tauml import pipeline
 
     source = source or notebooks_dir()
     results = Path(results).resolve()

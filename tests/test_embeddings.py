@@ -10,7 +10,7 @@ import torch
 
 from tauml.config import GPTConfig, HeadConfig
 from tauml.data import DataError
-from tauml.embeddings import (
+from tauml.evaluation.embeddings import (
     chance_level,
     embedding_scores,
     jet_embeddings,

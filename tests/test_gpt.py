@@ -12,7 +12,9 @@ import torch.nn.functional as F
 
 from tauml.config import ConfigError, FeatureConfig, GPTConfig, PretrainConfig
 from tauml.data import DataError
+from tauml.evaluation.generation import OBSERVABLES, jet_observables, unigram_perplexity
 from tauml.models import CheckpointError
+from tauml.models.checkpoints import load_backbone, read_backbone_metadata, save_backbone, verify_backbone
 from tauml.models.gpt import (
     CODE_OFFSET,
     GPT,
@@ -24,14 +26,9 @@ from tauml.models.gpt import (
     _init_weights,
     generate,
     generate_jets,
-    load_backbone,
     next_token_loss,
-    read_backbone_metadata,
-    save_backbone,
-    unigram_perplexity,
-    verify_backbone,
 )
-from tauml.plots.generation import OBSERVABLES, jet_observables, plot_generated_vs_real, plot_training_curves
+from tauml.plots.generation import plot_generated_vs_real, plot_training_curves
 from tauml.training import pretrain as pretrain_module
 from tauml.training.pretrain import evaluate, pretrain
 

@@ -10,7 +10,8 @@ from helpers import as_if_trained
 
 from tauml.config import GPTConfig, HeadConfig
 from tauml.models import CheckpointError
-from tauml.models.gpt import GPT, save_backbone
+from tauml.models.checkpoints import save_backbone
+from tauml.models.gpt import GPT
 from tauml.models.heads import TASK_OUTPUTS, TaskHead
 from tauml.models.tau import (
     TauModel,

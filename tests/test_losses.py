@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tauml.config import FinetuneConfig
-from tauml.losses import decay_mode_loss, focal_loss, huber_loss, task_loss
+from tauml.training.losses import decay_mode_loss, focal_loss, huber_loss, task_loss
 
 
 def test_focal_loss_matches_hand_computation() -> None:

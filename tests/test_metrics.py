@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tauml.data.features import JetArrays
-from tauml.metrics import (
+from tauml.evaluation.metrics import (
     accuracy,
     auc,
     binned_response,
@@ -224,7 +224,7 @@ def test_misid_statistical_error() -> None:
 def test_headline_rows_quote_the_counting_error_of_the_misid() -> None:
     from types import SimpleNamespace
 
-    from tauml.studies import headline_rows
+    from tauml.studies.finetuning import headline_rows
 
     def run(misid: float) -> SimpleNamespace:
         metrics = {"misid_at_80": misid, "auc": 0.98, "misid_at_80_stat": misid_statistical_error(misid, 600),

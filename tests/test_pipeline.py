@@ -12,9 +12,9 @@ import torch
 
 from tauml import pipeline
 from tauml.config import BASELINES, PRESETS, STRATEGIES, TASKS, ConfigError
-from tauml.models.gpt import load_backbone
+from tauml.models.checkpoints import load_backbone
 from tauml.models.vqvae import PAD_ID, START_ID, STOP_ID
-from tauml.training.finetune import MODEL_FILE, finetune
+from tauml.pipeline.finetuning import MODEL_FILE, finetune
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_finetune_panel_headless(tiny_preset, built):
 
 def test_command_line_scan_reuses_finished_points(tiny_preset, built, monkeypatch, capsys):
     from tauml.cli import main
-    from tauml.scan import ScanStore
+    from tauml.pipeline.scan import ScanStore
 
     monkeypatch.setitem(PRESETS, "tiny", tiny_preset)
     args = ["scan", "--preset", "tiny", "--task", "dm", "--kind", "blocks", "--seeds", "1", "2", "3", "--quiet"]
@@ -189,7 +189,7 @@ def test_command_line_scan_reuses_finished_points(tiny_preset, built, monkeypatc
 
 
 def test_comparison_study_tables_and_figures(tiny_preset, built):
-    from tauml import studies
+    from tauml.studies import finetuning as studies
 
     results = studies.run_comparison(tiny_preset, tasks=("reg", "dm"), models=("from_scratch", "fine_tuning", "part"),
                                      progress=False, workers=1)
@@ -205,7 +205,7 @@ def test_comparison_study_tables_and_figures(tiny_preset, built):
 
 
 def test_ablations_and_the_scan_explorer(tiny_preset, built):
-    from tauml import studies
+    from tauml.studies import ablations as studies
     from tauml.widgets import scan_explorer
 
     records = studies.run_ablations(tiny_preset, tasks=("reg",), kinds=("blocks", "train_size"), progress=False,

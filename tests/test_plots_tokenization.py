@@ -10,13 +10,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from tauml.evaluation import tokenization as te
 from tauml.plots import tokenization as tp
 
 
 def fake_metrics(seed: int, width: float) -> dict:
     """The parts of a tokenization_metrics result the figures read, with known spreads."""
     rng = np.random.default_rng(seed)
-    residuals = {q: rng.normal(0.0, width, 4000) for q in tp.RESIDUALS}
+    residuals = {q: rng.normal(0.0, width, 4000) for q in te.RESIDUALS}
     resolution = {q: {"mean": float(r.mean()), "std": float(r.std()),
                       "iqr": float(np.subtract(*np.percentile(r, [75, 25])))} for q, r in residuals.items()}
     return {"residuals": residuals, "resolution": resolution, "n_constituents": 4000,
@@ -27,16 +28,16 @@ def fake_metrics(seed: int, width: float) -> dict:
 
 def test_codes_for_fraction_counts_the_most_frequent_codes():
     counts = np.array([5, 0, 50, 10, 30, 5])
-    assert tp.codes_for_fraction(counts, 0.5) == 1
-    assert tp.codes_for_fraction(counts, 0.8) == 2  # 50 + 30
-    assert tp.codes_for_fraction(counts, 0.9) == 3
-    assert tp.codes_for_fraction(counts, 1.0) == 5  # every used code, not the unused one
-    assert tp.codes_for_fraction(np.zeros(4), 0.9) == 0
+    assert te.codes_for_fraction(counts, 0.5) == 1
+    assert te.codes_for_fraction(counts, 0.8) == 2  # 50 + 30
+    assert te.codes_for_fraction(counts, 0.9) == 3
+    assert te.codes_for_fraction(counts, 1.0) == 5  # every used code, not the unused one
+    assert te.codes_for_fraction(np.zeros(4), 0.9) == 0
 
 
 def test_resolution_rows_relate_angular_iqr_to_the_input_spread():
-    rows = tp.resolution_rows({"pp": fake_metrics(1, 0.1)})
-    assert [r["quantity"] for r in rows] == [tp.RESIDUAL_NAMES[q] for q in tp.RESIDUALS]
+    rows = te.resolution_rows({"pp": fake_metrics(1, 0.1)})
+    assert [r["quantity"] for r in rows] == [te.RESIDUAL_NAMES[q] for q in te.RESIDUALS]
     by_name = {r["quantity"]: r for r in rows}
     assert by_name["Δη"]["IQR / input IQR"] == pytest.approx(0.5, rel=0.1)
     assert by_name["Δφ [rad]"]["IQR / input IQR"] == pytest.approx(0.25, rel=0.1)
@@ -48,7 +49,7 @@ def test_resolution_figure_has_a_panel_per_feature_and_a_shared_legend():
     fig = tp.plot_resolution({"pp": fake_metrics(1, 0.05), "tau": fake_metrics(2, 0.1)}, text="test")
     assert len(fig.axes) == 4
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [tp.dataset_label("pp"), tp.dataset_label("tau")]
-    assert [ax.get_xlabel() for ax in fig.axes] == [tp.RESIDUAL_LABELS[q] for q in tp.RESIDUALS]
+    assert [ax.get_xlabel() for ax in fig.axes] == [tp.RESIDUAL_LABELS[q] for q in te.RESIDUALS]
     plt.close(fig)
 
 

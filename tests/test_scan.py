@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tauml.config import ConfigError, FinetuneConfig, ScanConfig, get_preset
-from tauml.scan import (
+from tauml.pipeline.scan import (
     ScanStore,
     block_points,
     build_scan,

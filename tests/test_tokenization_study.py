@@ -1,13 +1,13 @@
-"""The readings of notebook 01 (tauml.tokenization_study) on constructed metrics with known answers."""
+"""The readings of notebook 01 (tauml.studies.tokenization) on constructed metrics with known answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tauml import tokenization_study as study
 from tauml.data.features import PID_NAMES
 from tauml.plots import tokenization as tp
+from tauml.studies import tokenization as study
 
 NH = study.NEUTRAL_HADRON
 

@@ -17,7 +17,9 @@ from tauml.cache import MODEL_FORMAT_VERSION
 from tauml.config import FeatureConfig, TokenizerConfig
 from tauml.data import DataError
 from tauml.data.features import FEATURE_NAMES, jet_arrays
+from tauml.evaluation.tokenization import tokenization_metrics
 from tauml.models import CheckpointError
+from tauml.models.checkpoints import check_compatible, load_tokenizer, save_tokenizer
 from tauml.models.vqvae import (
     CODE_OFFSET,
     PAD_ID,
@@ -27,14 +29,11 @@ from tauml.models.vqvae import (
     Tokenizer,
     VectorQuantizer,
     attention_mask,
-    check_compatible,
     code_counts,
-    load_tokenizer,
     perplexity,
-    save_tokenizer,
     utilisation,
 )
-from tauml.training.tokenizer import evaluate, tokenization_metrics, train_tokenizer
+from tauml.training.tokenizer import evaluate, train_tokenizer
 
 TINY = TokenizerConfig(codebook_size=16, latent_dim=4, hidden_dim=16, n_blocks=1, n_heads=2, dropout=0.0,
                        epochs=3, batch_size=32, lr=3e-3, dead_code_patience=5, kmeans_iterations=5,

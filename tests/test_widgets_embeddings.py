@@ -1,4 +1,4 @@
-"""The embedding study (tauml.embedding_study) and its explorer widget, driven headless.
+"""The embedding study (tauml.studies.embeddings) and its explorer widget, driven headless.
 
 Inputs are constructed embeddings with known structure — Gaussian clusters, one per class, with a chosen
 separation — so that what the scores, verdicts and maps must show is known in advance.  The pipeline test runs
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from tauml import embedding_study
-from tauml.embedding_study import (
+from tauml.studies import embeddings as embedding_study
+from tauml.studies.embeddings import (
     claim_reading,
     kind_labels,
     knn_standard_error,
@@ -207,7 +207,7 @@ def test_embed_all_gives_every_model_and_block(study):
 def test_the_three_backbones_of_the_tiny_preset(tiny_preset, tiny_dataset):
     from tauml import pipeline
     from tauml.models.gpt import GPT
-    from tauml.training.finetune import finetune, resolve
+    from tauml.pipeline.finetuning import finetune, resolve
 
     models = embedding_study.embedding_models(tiny_preset, task="dm", seed=1, progress=False)
     assert list(models) == ["untrained", "pretrained", "fine_tuned"]

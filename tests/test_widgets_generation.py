@@ -12,17 +12,16 @@ import pytest
 import torch
 
 from tauml.config import GPTConfig, TokenizerConfig
-from tauml.models import CheckpointError
-from tauml.models.gpt import CODE_OFFSET, GPT
-from tauml.models.vqvae import Tokenizer
-from tauml.plots.generation import (
+from tauml.evaluation.generation import (
     OBSERVABLES,
     generation_distances,
     jet_observables,
     observable_distances,
-    plot_observable_comparison,
-    plot_observable_grid,
 )
+from tauml.models import CheckpointError
+from tauml.models.gpt import CODE_OFFSET, GPT
+from tauml.models.vqvae import Tokenizer
+from tauml.plots.generation import plot_observable_comparison, plot_observable_grid
 from tauml.widgets.generation import DECODED, GENERATED, REAL, GenerationPanel, generation_panel
 
 CODEBOOK = 16

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tauml.config import TokenizerConfig
-from tauml.models.vqvae import Tokenizer, save_tokenizer
-from tauml.training.tokenizer import tokenization_metrics
+from tauml.evaluation.tokenization import tokenization_metrics
+from tauml.models.checkpoints import save_tokenizer
+from tauml.models.vqvae import Tokenizer
 from tauml.widgets.tokenization import TokenizationExplorer, tokenization_explorer
 
 SLOTS = 12

@@ -301,3 +301,33 @@ def inverse_transform(features: np.ndarray, config: FeatureConfig | None = None)
         "charge": features[..., 4],
         "pid": np.argmax(features[..., PID_FEATURES], axis=-1),
     }
+
+
+def constituent_arrays(data: JetArrays | tuple[np.ndarray, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features float32, mask bool) from JetArrays or a ``(features, mask)`` tuple, checked: shapes, a boolean mask,
+    finite features, charges in {-1, 0, +1} and one-hot particle-type flags in every real constituent (what the
+    tokenizer needs).  ``name`` says which input in the error."""
+    if isinstance(data, JetArrays):
+        x, mask = data.features, data.mask
+    elif isinstance(data, tuple) and len(data) == 2:
+        x, mask = data
+    else:
+        raise DataError(f"{name} must be JetArrays or a (features, mask) tuple, got {type(data).__name__}")
+    x, mask = np.asarray(x, dtype=np.float32), np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise DataError(f"{name} mask must be boolean (True = real constituent), got {mask.dtype}")
+    if x.ndim != 3 or x.shape[-1] != N_FEATURES or x.shape[:2] != mask.shape:
+        raise DataError(f"{name} features {x.shape} must be (n_jets, max_constituents, {N_FEATURES}) matching "
+                        f"mask {mask.shape}")
+    if len(x) == 0 or not mask.any():
+        raise DataError(f"{name} holds no real constituents: nothing to train or validate on")
+    real = x[mask]
+    if not np.all(np.isfinite(real)):
+        raise DataError(f"{name} has NaN or infinite features in real constituents")
+    if not np.all(np.isin(real[:, CHARGE_INDEX], (-1.0, 0.0, 1.0))):
+        raise DataError(f"{name} has charges other than -1, 0, +1 (feature {CHARGE_INDEX}); the tokenizer's charge "
+                        "classes are exactly these")
+    flags = real[:, PID_FEATURES]
+    if not (np.all(np.isin(flags, (0.0, 1.0))) and np.all(flags.sum(1) == 1)):
+        raise DataError(f"{name} particle-type flags (features 5-9) are not one-hot in every real constituent")
+    return x, mask

@@ -5,16 +5,13 @@ constituents ordered by pT, and the order is already in the tokens.  Written aft
 with pre-layer-norm blocks, PyTorch's ``scaled_dot_product_attention`` and boolean masks
 (``True`` = real token).  Token ids follow ``docs/conventions.md`` (PAD 0, START 1, STOP 2, codes from 3).
 
-Besides the model: :func:`next_token_loss` (real targets only) and the :func:`unigram_perplexity` baseline;
-checkpoints (:func:`save_backbone`, :func:`load_backbone` of the first k blocks with every tensor verified,
-:func:`verify_backbone`); jet generation (:func:`generate`, :func:`generate_jets`).  See ``docs/backbone.md``.
+Besides the model: :func:`next_token_loss` (real targets only) and jet generation (:func:`generate`,
+:func:`generate_jets`).  Checkpoints live in :mod:`tauml.models.checkpoints`, the unigram baseline in
+:mod:`tauml.evaluation.generation`.  See ``docs/backbone.md``.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,13 +21,7 @@ from torch import nn
 
 from tauml.config import GPTConfig
 from tauml.models import CheckpointError
-
-try:  # the one token convention (docs/conventions.md) lives in the tokenizer module
-    from tauml.models.vqvae import CODE_OFFSET, PAD_ID, START_ID, STOP_ID
-except ModuleNotFoundError as _err:  # the tokenizer module is not there (yet): the same numbers
-    if _err.name != "tauml.models.vqvae":
-        raise
-    PAD_ID, START_ID, STOP_ID, CODE_OFFSET = 0, 1, 2, 3
+from tauml.models.vqvae import CODE_OFFSET, PAD_ID, START_ID, STOP_ID  # noqa: F401  (re-exported: one token convention)
 
 BACKBONE_FORMAT = "tauml-backbone"
 
@@ -171,198 +162,6 @@ def next_token_loss(model: GPT, tokens: torch.Tensor, token_mask: torch.Tensor) 
     hidden = model(inputs, input_mask)
     logits = model.logits(hidden[target_mask])  # the vocabulary projection only where a target is real
     return F.cross_entropy(logits.float(), targets[target_mask]), n_targets
-
-
-def unigram_perplexity(
-    train_tokens: torch.Tensor, train_mask: torch.Tensor, val_tokens: torch.Tensor, val_mask: torch.Tensor,
-    vocab_size: int | None = None,
-) -> float:
-    """Perplexity on the validation targets of the unigram distribution of the training targets.
-
-    The no-learning baseline of next-token prediction: every target (codes and STOP) is predicted with the
-    frequency it has among the training targets, with add-one smoothing over the ``vocab_size - 2`` tokens
-    that can be targets (all but PAD and START).  ``vocab_size`` defaults to the largest token id + 1.
-    """
-    train_targets = torch.as_tensor(train_tokens)[:, 1:][torch.as_tensor(train_mask)[:, 1:]].long()
-    val_targets = torch.as_tensor(val_tokens)[:, 1:][torch.as_tensor(val_mask)[:, 1:]].long()
-    if len(train_targets) == 0 or len(val_targets) == 0:
-        raise ValueError("no real target tokens in the training or the validation sequences")
-    largest = int(max(train_targets.max(), val_targets.max()))
-    vocab_size = largest + 1 if vocab_size is None else vocab_size
-    if largest >= vocab_size:
-        raise ValueError(f"token id {largest} does not fit vocab_size={vocab_size}")
-    counts = torch.bincount(train_targets, minlength=vocab_size).double()
-    counts[[PAD_ID, START_ID]] = 0.0
-    possible = torch.ones(vocab_size, dtype=torch.float64)
-    possible[[PAD_ID, START_ID]] = 0.0
-    probabilities = (counts + possible) / (counts.sum() + possible.sum())
-    return float(torch.exp(-torch.log(probabilities[val_targets]).mean()))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints: save, load the first k blocks, verify
-# ----------------------------------------------------------------------------------------------------------
-
-
-def save_backbone(model: GPT, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
-    """Write the backbone (all its tensors, its configuration and ``metadata``) atomically to ``path``.
-
-    ``metadata`` must be JSON-like (numbers, strings, lists, dicts), e.g. the tokenizer checkpoint's hash,
-    the epochs trained, the validation loss and perplexity; it is read back by :func:`read_backbone_metadata`.
-    """
-    from tauml.cache import MODEL_FORMAT_VERSION, atomic_path
-    from tauml.config import to_dict
-
-    payload = {
-        "format": BACKBONE_FORMAT,
-        "version": MODEL_FORMAT_VERSION,
-        "gpt_config": to_dict(model.config),
-        "vocab_size": model.config.vocab_size,
-        "metadata": _plain(metadata or {}),
-        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
-    }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-def read_backbone_metadata(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
-    """Everything a backbone checkpoint holds except its tensors (format, version, configuration, metadata)."""
-    payload = _read_checkpoint(Path(checkpoint))
-    return {key: value for key, value in payload.items() if key != "state_dict"}
-
-
-def load_backbone(
-    checkpoint: str | os.PathLike[str],
-    n_blocks: int | None = None,
-    vocab_size: int | None = None,
-    n_embd: int | None = None,
-) -> GPT:
-    """A GPT with the embedding, the first ``n_blocks`` pretrained blocks (all by default), the final
-    LayerNorm and the next-token head of ``checkpoint``, verified tensor by tensor; in eval mode.
-
-    The model is built with ``n_blocks`` blocks and loaded with ``strict=True`` after the keys of the later
-    blocks are dropped explicitly.  ``vocab_size`` and ``n_embd``, when given, are what the caller expects
-    (its tokenizer's vocabulary, its head's width).  Raises :class:`CheckpointError` for a missing or corrupt
-    file, another format or version, a vocabulary or width that does not fit, or too many blocks asked for.
-    """
-    from tauml.config import ConfigError, GPTConfig, from_dict
-
-    path = Path(checkpoint)
-    payload = _read_checkpoint(path)
-    try:
-        config = from_dict(GPTConfig, payload["gpt_config"])
-        config.validate()
-    except (ConfigError, TypeError) as err:
-        raise CheckpointError(f"{path} holds an unusable GPT configuration ({err}); pretrain the backbone again") from err
-    if vocab_size is not None and vocab_size != config.vocab_size:
-        raise CheckpointError(
-            f"{path} was pretrained with vocab_size={config.vocab_size} (codebook {config.vocab_size - 3} + 3), "
-            f"but vocab_size={vocab_size} is expected here: use the tokenizer the backbone was pretrained with "
-            f"(metadata: {payload['metadata'].get('tokenizer', 'not recorded')}) or pretrain a backbone on this tokenizer"
-        )
-    if n_embd is not None and n_embd != config.n_embd:
-        raise CheckpointError(
-            f"{path} has width n_embd={config.n_embd}, but n_embd={n_embd} is expected here: build the head "
-            f"with n_embd={config.n_embd} or pretrain a backbone of width {n_embd}"
-        )
-    k = config.n_layer if n_blocks is None else n_blocks
-    if not 1 <= k <= config.n_layer:
-        raise CheckpointError(
-            f"n_blocks={k} asked for, but {path} has {config.n_layer} pretrained blocks: "
-            f"choose n_blocks in 1..{config.n_layer} (or None for all)"
-        )
-    state = {name: tensor for name, tensor in payload["state_dict"].items() if _block_index(name) < k}
-    model = GPT(replace(config, n_layer=k))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit a {k}-block GPT of its own configuration: {err}") from err
-    verify_backbone(model, state, source=str(path))
-    return model.eval()
-
-
-def verify_backbone(model: nn.Module, checkpoint: str | os.PathLike[str] | dict[str, torch.Tensor],
-                    prefix: str = "", source: str = "") -> int:
-    """Check that every backbone tensor of ``model`` equals the checkpoint's; return how many were compared.
-
-    ``checkpoint`` is a backbone file or a state dict; ``prefix`` is where the GPT sits inside ``model``
-    (e.g. ``"backbone."`` in a tau model).  Use it after building a model around a loaded backbone, to
-    catch a re-initialisation of the pretrained weights (the reference's pitfall H.1).  Only the blocks the
-    model has are compared.  Raises :class:`CheckpointError` on any difference or missing tensor.
-    """
-    if isinstance(checkpoint, dict):
-        expected = checkpoint
-    else:
-        source = source or str(checkpoint)
-        expected = _read_checkpoint(Path(checkpoint))["state_dict"]
-    own = {name[len(prefix):]: tensor for name, tensor in model.state_dict().items() if name.startswith(prefix)}
-    if not own:
-        raise CheckpointError(f"the model has no tensors under prefix {prefix!r}: pass where the GPT sits in it")
-    n_blocks = 1 + max((_block_index(name) for name in own if name.startswith("blocks.")), default=-1)
-    compared = 0
-    for name, reference in expected.items():
-        if _block_index(name) >= n_blocks:
-            continue
-        if name not in own:
-            raise CheckpointError(f"the model lacks the pretrained tensor {prefix}{name} of {source or 'the checkpoint'}")
-        tensor = own[name].detach().cpu()
-        if tensor.shape != reference.shape or not torch.equal(tensor, reference.to(tensor.dtype)):
-            raise CheckpointError(
-                f"{prefix}{name} differs from {source or 'the checkpoint'}: the pretrained weights were changed "
-                "after loading (re-initialised?); apply custom initialisation to the new head only"
-            )
-        compared += 1
-    return compared
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    from tauml.cache import MODEL_FORMAT_VERSION
-
-    if not path.is_file():
-        raise CheckpointError(
-            f"no backbone checkpoint at {path}: pretrain one (tauml.training.pretrain.pretrain) or give the right path"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or holding objects other than tensors and plain data
-        raise CheckpointError(f"cannot read the backbone checkpoint {path} ({err}); delete it and pretrain again") from err
-    if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(
-            f"{path} is not a tauml backbone checkpoint (format {found!r}, expected {BACKBONE_FORMAT!r}); "
-            "write backbones with tauml.models.gpt.save_backbone"
-        )
-    if payload.get("version") != MODEL_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has backbone format version {payload.get('version')}, this tauml reads version "
-            f"{MODEL_FORMAT_VERSION}: pretrain the backbone again with this version"
-        )
-    missing = {"gpt_config", "vocab_size", "metadata", "state_dict"} - set(payload)
-    if missing:
-        raise CheckpointError(f"{path} lacks {sorted(missing)}; it is damaged: delete it and pretrain again")
-    return payload
-
-
-def _block_index(name: str) -> int:
-    """The block number in a parameter name ``blocks.<i>.…``; -1 for tensors outside the blocks."""
-    parts = name.split(".")
-    return int(parts[1]) if parts[0] == "blocks" else -1
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON-like data (what ``torch.load(weights_only=True)`` reads back)."""
-    import json
-
-    def default(obj: Any) -> Any:
-        if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy and torch scalars
-            return obj.item()
-        if isinstance(obj, (Path, os.PathLike)):
-            return str(obj)
-        raise TypeError(f"metadata holds a {type(obj).__name__}; give numbers, strings, lists and dicts only")
-
-    return json.loads(json.dumps(value, default=default))
 
 
 # ----------------------------------------------------------------------------------------------------------

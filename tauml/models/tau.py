@@ -23,6 +23,7 @@ from torch import nn
 
 from tauml.config import STRATEGIES, TASKS, GPTConfig, HeadConfig
 from tauml.models import CheckpointError
+from tauml.models.checkpoints import load_backbone, verify_backbone
 from tauml.models.gpt import GPT
 from tauml.models.heads import TASK_OUTPUTS, TaskHead
 
@@ -103,7 +104,6 @@ def apply_strategy(model: TauModel, strategy: str, epoch: int, unfreeze_epoch: i
 def assert_backbone_matches(model: TauModel, checkpoint: str | os.PathLike[str]) -> int:
     """Raise :class:`CheckpointError` unless every backbone tensor of ``model`` equals the checkpoint's
     (the blocks the model holds); return the number of tensors compared."""
-    from tauml.models.gpt import verify_backbone
 
     return verify_backbone(model, checkpoint, prefix="backbone.")
 
@@ -143,7 +143,6 @@ def build_tau_model(
     else:
         if pretrained is None:
             raise CheckpointError(f"strategy {strategy!r} needs a pretrained backbone checkpoint: pass pretrained=path")
-        from tauml.models.gpt import load_backbone
 
         backbone = load_backbone(pretrained, n_blocks=n_gpt_blocks or None,
                                  vocab_size=gpt_config.vocab_size or None, n_embd=gpt_config.n_embd)
@@ -158,7 +157,7 @@ def build_tau_model(
 
 
 def task_predictions(task: str, outputs: torch.Tensor) -> np.ndarray:
-    """Model outputs as the numpy predictions :func:`tauml.metrics.evaluate_task` takes: id, the tau
+    """Model outputs as the numpy predictions :func:`tauml.evaluation.metrics.evaluate_task` takes: id, the tau
     probability (n,); reg, the predicted ln(pT_vis / pT_jet) (n,); dm, class probabilities (n, 6)."""
     outputs = outputs.detach().float().cpu()
     if task == "id":

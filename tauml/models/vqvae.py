@@ -17,7 +17,6 @@ See docs/tokenizer.md.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tauml.cache import MODEL_FORMAT_VERSION, atomic_path
-from tauml.config import ConfigError, FeatureConfig, TokenizerConfig, from_dict, to_dict
+from tauml.config import FeatureConfig, TokenizerConfig
 from tauml.data.features import CHARGE_INDEX, CONTINUOUS_FEATURES, FEATURE_NAMES, N_FEATURES, PID_FEATURES
 from tauml.data.schema import DataError
-from tauml.models import CheckpointError
 
 PAD_ID = 0
 START_ID = 1
@@ -554,97 +551,3 @@ def _check_inputs(features: torch.Tensor | np.ndarray,
     if bool(bad.any()):
         raise DataError(f"{int(bad.sum())} real constituents have NaN or infinite features; fix or drop them")
     return features, mask
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------------------
-
-
-def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike[str],
-                   metadata: dict[str, Any] | None = None) -> None:
-    """Write the tokenizer (settings, feature names, token convention, weights, training metadata) atomically.
-
-    ``metadata`` (defaults to ``tokenizer.metadata``) must hold only numbers, strings, lists and dicts.
-    """
-    checkpoint = {
-        "format": TOKENIZER_FORMAT,
-        "version": MODEL_FORMAT_VERSION,
-        "tokenizer_config": to_dict(tokenizer.config),
-        "feature_config": to_dict(tokenizer.feature_config),
-        "feature_names": list(tokenizer.feature_names),
-        "token_convention": dict(TOKEN_CONVENTION),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in tokenizer.state_dict().items()},
-        "metadata": dict(tokenizer.metadata if metadata is None else metadata),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Tokenizer:
-    """Read a checkpoint written by :func:`save_tokenizer`; the tokenizer comes back frozen.
-
-    Raises :class:`CheckpointError` for a missing, truncated or foreign file, another format version or token
-    convention, or weights that do not fit the stored settings.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"no tokenizer checkpoint at {path}; train one with "
-                              "tauml.training.tokenizer.train_tokenizer (or check the path)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read the tokenizer checkpoint {path} ({type(err).__name__}: {err}); the file "
-                              "is truncated or not a tauml tokenizer: delete it and train or copy it again") from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != TOKENIZER_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path} is not a tauml tokenizer checkpoint (format {found!r}, expected "
-                              f"{TOKENIZER_FORMAT!r})")
-    if checkpoint.get("version") != MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has model format version {checkpoint.get('version')}, this tauml reads "
-                              f"version {MODEL_FORMAT_VERSION}: retrain the tokenizer with this version")
-    if checkpoint.get("token_convention") != TOKEN_CONVENTION:
-        raise CheckpointError(f"{path} uses the token convention {checkpoint.get('token_convention')}, tauml uses "
-                              f"{TOKEN_CONVENTION}: retrain the tokenizer")
-    if tuple(checkpoint.get("feature_names", ())) != FEATURE_NAMES:
-        raise CheckpointError(f"{path} was trained on features {checkpoint.get('feature_names')}, tauml builds "
-                              f"{list(FEATURE_NAMES)}: retrain the tokenizer")
-    try:
-        config = from_dict(TokenizerConfig, checkpoint["tokenizer_config"])
-        feature_config = from_dict(FeatureConfig, checkpoint["feature_config"])
-        tokenizer = Tokenizer(config, feature_config)
-        tokenizer.load_state_dict(checkpoint["state_dict"])
-    except (ConfigError, KeyError, TypeError, RuntimeError) as err:
-        raise CheckpointError(f"the weights in {path} do not fit its settings ({err}); the file is damaged") from err
-    tokenizer.metadata = dict(checkpoint.get("metadata", {}))
-    return tokenizer.to(device).freeze()
-
-
-def check_compatible(tokenizer: Tokenizer, feature_config: FeatureConfig | None = None,
-                     n_features: int | None = None, vocab_size: int | None = None,
-                     feature_names: tuple[str, ...] | list[str] | None = None) -> None:
-    """Raise :class:`CheckpointError` when the tokenizer does not fit the data or the backbone.
-
-    ``feature_config``: the feature transforms must be the tokenizer's (the ``max_constituents_*`` settings
-    may differ: the tokenizer handles any number of constituents).  ``n_features``/``feature_names``: the
-    data's feature axis.  ``vocab_size``: the backbone's vocabulary (codebook size + 3).
-    """
-    if feature_config is not None:
-        ignore = {"max_constituents_tau", "max_constituents_jetclass"}
-        ours = {k: v for k, v in to_dict(tokenizer.feature_config).items() if k not in ignore}
-        theirs = {k: v for k, v in to_dict(feature_config).items() if k not in ignore}
-        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: tokenizer {ours[k]} vs data {theirs.get(k)}" for k in differ)
-            raise CheckpointError(f"the tokenizer was trained with other feature transforms ({detail}); build "
-                                  "the features with the tokenizer's FeatureConfig or retrain the tokenizer")
-    if n_features is not None and n_features != len(tokenizer.feature_names):
-        raise CheckpointError(f"the data has {n_features} features per constituent, the tokenizer expects "
-                              f"{len(tokenizer.feature_names)} ({', '.join(tokenizer.feature_names)})")
-    if feature_names is not None and tuple(feature_names) != tuple(tokenizer.feature_names):
-        raise CheckpointError(f"the data's features {list(feature_names)} are not the tokenizer's "
-                              f"{list(tokenizer.feature_names)} (names and order must match)")
-    if vocab_size is not None and vocab_size != tokenizer.vocab_size:
-        raise CheckpointError(f"the backbone has vocab_size={vocab_size}, the tokenizer gives "
-                              f"{tokenizer.vocab_size} (codebook {tokenizer.codebook_size} + {CODE_OFFSET} special "
-                              "tokens): use the tokenizer the backbone was pretrained with")

@@ -2,8 +2,8 @@
 maps (one row per model: untrained, pretrained, fine-tuned; one column per GPT block) and the separation
 scores (kNN accuracy and silhouette per model and block, with the chance level).
 
-Inputs come from :mod:`tauml.embeddings` (:func:`~tauml.embeddings.tsne`,
-:func:`~tauml.embeddings.embedding_scores`).  Every function returns the figure.
+Inputs come from :mod:`tauml.evaluation.embeddings` (:func:`~tauml.evaluation.embeddings.tsne`,
+:func:`~tauml.evaluation.embeddings.embedding_scores`).  Every function returns the figure.
 """
 
 from __future__ import annotations
@@ -102,9 +102,9 @@ def plot_tsne_grid(maps: Mapping[str, Mapping[int, np.ndarray] | np.ndarray], la
 def plot_embedding_scores(rows: Sequence[Mapping[str, Any]], text: str = "") -> plt.Figure:
     """Two panels of grouped bars, x = GPT block, one bar per model: kNN accuracy with the chance level
     (largest class fraction, dashed) and the silhouette coefficient; from
-    :func:`tauml.embeddings.embedding_scores`."""
+    :func:`tauml.evaluation.embeddings.embedding_scores`."""
     if not rows:
-        raise ValueError("no score rows to plot: run tauml.embeddings.embedding_scores first")
+        raise ValueError("no score rows to plot: run tauml.evaluation.embeddings.embedding_scores first")
     models = list(dict.fromkeys(r["model"] for r in rows))
     blocks = sorted({int(r["block"]) for r in rows})
     width = 0.8 / len(models)

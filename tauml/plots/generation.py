@@ -15,51 +15,9 @@ import mplhep as hep
 import numpy as np
 
 from tauml.config import FeatureConfig
-from tauml.data.features import PID_NAMES, inverse_transform
+from tauml.data.features import PID_NAMES
+from tauml.evaluation.generation import OBSERVABLES, jet_observables
 from tauml.plots import COLORS, label, ratio_axes, ratio_with_errors
-
-#: name -> (axis label with units, per-jet or per-constituent, log-spaced bins)
-OBSERVABLES: dict[str, tuple[str, str, bool]] = {
-    "multiplicity": ("Number of constituents", "jet", False),
-    "jet_mass": (r"Jet mass $m_\mathrm{jet}$ [GeV]", "jet", False),
-    "jet_pt": (r"Jet $p_T$ [GeV]", "jet", False),
-    "constituent_pt": (r"Constituent $p_T$ [GeV]", "constituent", True),
-    "deta": (r"Constituent $\Delta\eta$ to the jet axis", "constituent", False),
-    "dphi": (r"Constituent $\Delta\phi$ to the jet axis [rad]", "constituent", False),
-}
-
-
-def jet_observables(features: Any, mask: Any, feature_config: FeatureConfig | None = None) -> dict[str, np.ndarray]:
-    """Physics observables of jets given as transformed features ``(n_jets, P, 10)`` and a boolean mask ``(n_jets, P)``.
-
-    Per jet: ``multiplicity``; ``jet_mass`` and ``jet_pt`` [GeV] of the constituent sum, each constituent
-    placed at ``eta = deta``, ``phi = dphi`` around an axis at (0, 0) (a jet's mass and pT do not depend on
-    where its axis points).  Per real constituent: ``constituent_pt`` [GeV], ``deta``, ``dphi`` [rad].
-    ``pid_fractions``: the share of each particle type (``PID_NAMES``) among all constituents.
-    """
-    features, mask = _numpy(features).astype(np.float64), _numpy(mask)
-    if mask.dtype != bool:
-        raise TypeError(f"mask must be boolean (True = real constituent), got {mask.dtype}")
-    if features.ndim != 3 or features.shape[:2] != mask.shape:
-        raise ValueError(f"features {features.shape} must be (n_jets, P, 10) with mask (n_jets, P); got mask {mask.shape}")
-    physical = inverse_transform(features, feature_config or FeatureConfig())
-    pt, eta, phi = (np.where(mask, physical[k], 0.0) for k in ("pt", "deta", "dphi"))
-    mass = np.where(mask, np.clip(physical["mass"], 0.0, None), 0.0)
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    energy = np.where(mask, np.sqrt(px**2 + py**2 + pz**2 + mass**2), 0.0)
-    jet = [a.sum(axis=1) for a in (px, py, pz, energy)]
-    jet_mass = np.sqrt(np.clip(jet[3] ** 2 - jet[0] ** 2 - jet[1] ** 2 - jet[2] ** 2, 0.0, None))
-    pid = physical["pid"][mask]
-    counts = np.bincount(pid, minlength=len(PID_NAMES)).astype(np.float64)
-    return {
-        "multiplicity": mask.sum(axis=1),
-        "jet_mass": jet_mass,
-        "jet_pt": np.hypot(jet[0], jet[1]),
-        "constituent_pt": physical["pt"][mask],
-        "deta": physical["deta"][mask],
-        "dphi": physical["dphi"][mask],
-        "pid_fractions": counts / max(counts.sum(), 1.0),
-    }
 
 
 def plot_generated_vs_real(
@@ -180,69 +138,13 @@ def _plot_pid_fractions(real: dict[str, np.ndarray], generated: dict[str, np.nda
     return fig
 
 
-def _numpy(array: Any) -> np.ndarray:
-    if hasattr(array, "detach"):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Several samples at once (real, real decoded through the tokenizer, generated) and distances between them
 # ----------------------------------------------------------------------------------------------------------
 
-#: The unit of each observable's distance (:func:`observable_distances`).
-DISTANCE_UNITS: dict[str, str] = {
-    "multiplicity": "constituents", "jet_mass": "GeV", "jet_pt": "GeV", "constituent_pt": "GeV",
-    "deta": "–", "dphi": "rad", "pid_fractions": "fraction",
-}
 #: The six panels of :func:`plot_observable_grid`.
 GRID_OBSERVABLES: tuple[str, ...] = ("multiplicity", "jet_mass", "constituent_pt", "deta", "dphi", "pid_fractions")
 _SAMPLE_COLORS = (COLORS["real"], COLORS["fixed_backbone"], COLORS["generated"], COLORS["part"], COLORS["deepset"])
-
-
-def observable_distances(observables: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
-    """How far the distributions of two jet samples lie apart, per observable (both from :func:`jet_observables`).
-
-    Per-jet and per-constituent observables: the Wasserstein-1 (earth mover's) distance, in the observable's
-    units (:data:`DISTANCE_UNITS`): the average shift that turns one distribution into the other.  Particle
-    types: the total-variation distance ``sum |f - f_ref| / 2`` of the type fractions (0 = equal, 1 = disjoint).
-    Two finite samples of the same distribution are not at distance 0: compare with two halves of the real jets.
-    """
-    from scipy.stats import wasserstein_distance
-
-    distances = {name: float(wasserstein_distance(observables[name], reference[name])) for name in OBSERVABLES}
-    distances["pid_fractions"] = float(0.5 * np.abs(observables["pid_fractions"] - reference["pid_fractions"]).sum())
-    return distances
-
-
-def generation_distances(real: tuple[Any, Any], decoded: tuple[Any, Any], generated: tuple[Any, Any],
-                         feature_config: FeatureConfig | None = None) -> dict[str, dict[str, float]]:
-    """Where the distance between generated and real jets comes from, per observable (:func:`observable_distances`).
-
-    ``real``, ``decoded`` (the same real jets after the tokenizer's round trip) and ``generated`` are
-    ``(features, mask)`` pairs.  The real jets are cut into halves A and B; returns four sets of distances:
-    ``"perfect: real B vs real A"`` (the floor set by finite samples), ``"tokenizer: decoded B vs real A"``,
-    ``"GPT: generated vs decoded A"`` (at most as many generated jets as a half) and
-    ``"both: generated vs real A"``.
-    """
-    real_features, real_mask = (_numpy(a) for a in real)
-    decoded_features, decoded_mask = (_numpy(a) for a in decoded)
-    half = len(real_mask) // 2
-    a, b = slice(0, half), slice(half, 2 * half)
-    n_generated = min(half, len(_numpy(generated[1])))
-
-    def observables(features: np.ndarray, mask: np.ndarray, part: slice) -> dict[str, np.ndarray]:
-        return jet_observables(features[part], mask[part], feature_config)
-
-    real_a, real_b = observables(real_features, real_mask, a), observables(real_features, real_mask, b)
-    generated_obs = observables(_numpy(generated[0]), _numpy(generated[1]), slice(0, n_generated))
-    return {
-        "perfect: real B vs real A": observable_distances(real_b, real_a),
-        "tokenizer: decoded B vs real A": observable_distances(observables(decoded_features, decoded_mask, b), real_a),
-        "GPT: generated vs decoded A": observable_distances(generated_obs,
-                                                            observables(decoded_features, decoded_mask, a)),
-        "both: generated vs real A": observable_distances(generated_obs, real_a),
-    }
 
 
 def plot_observable_comparison(

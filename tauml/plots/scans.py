@@ -1,8 +1,8 @@
 """Figures of the scans: metric vs unfreeze epoch, vs number of GPT blocks, vs training-set size, and the
 data-efficiency bar chart.
 
-The inputs are the rows of :func:`tauml.scan.summarize` (mean ± std over seeds) and of
-:func:`tauml.scan.data_efficiency`.  One colour per strategy (:data:`tauml.plots.COLORS`); when rows of
+The inputs are the rows of :func:`tauml.pipeline.scan.summarize` (mean ± std over seeds) and of
+:func:`tauml.pipeline.scan.data_efficiency`.  One colour per strategy (:data:`tauml.plots.COLORS`); when rows of
 several tasks are given, each task gets its own line style.  Every function returns the figure.
 """
 
@@ -47,7 +47,7 @@ def _axis(ax: plt.Axes | None) -> tuple[plt.Figure, plt.Axes]:
 def _lines(rows: Sequence[Mapping[str, Any]], by: str) -> dict[tuple[str, str], tuple[np.ndarray, ...]]:
     """(task, strategy) -> (x, mean, std) sorted by x."""
     if not rows:
-        raise ValueError("no summary rows to plot: run tauml.scan.summarize on the scan's records first")
+        raise ValueError("no summary rows to plot: run tauml.pipeline.scan.summarize on the scan's records first")
     grouped: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for row in rows:
         if by not in row:
@@ -133,11 +133,11 @@ def plot_train_size_scan(rows: Sequence[Mapping[str, Any]], reference_value: flo
 
 def plot_data_efficiency(rows: Sequence[Mapping[str, Any]], ax: plt.Axes | None = None,
                          text: str = "") -> plt.Figure:
-    """Bar chart of :func:`tauml.scan.data_efficiency` (log y): one bar per strategy, its height the factor
+    """Bar chart of :func:`tauml.pipeline.scan.data_efficiency` (log y): one bar per strategy, its height the factor
     n_needed(reference) / n_needed(strategy).  Bounds are drawn hatched with an arrow: up for "at least"
     (reached at the smallest scanned size), down for "at most" (not reached within the scan)."""
     if not rows:
-        raise ValueError("no data-efficiency rows to plot: run tauml.scan.data_efficiency first")
+        raise ValueError("no data-efficiency rows to plot: run tauml.pipeline.scan.data_efficiency first")
     fig, ax = _axis(ax)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     names, heights = [], []

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tauml.data.truth import REDUCED_DM_LATEX
-from tauml.metrics import (
+from tauml.evaluation.metrics import (
     EFFICIENCY_GRID,
     RESPONSE_PT_BINS,
     binned_response,

@@ -1,6 +1,6 @@
 """Figures and tables of the tokenization study (notebooks/01_tokenization, the core paper's Figs. 2 and 3).
 
-Most functions take the output of :func:`tauml.training.tokenization_metrics` (one dict per dataset or per
+Most functions take the output of :func:`tauml.evaluation.tokenization.tokenization_metrics` (one dict per dataset or per
 tokenizer, keyed by a name).  Names ``pp``, ``tau`` and ``qq`` get the colours of :data:`tauml.plots.COLORS`
 and the labels of :data:`DATASET_LABELS`; any other name is used as its own label.  Every function returns
 the figure (or table rows) and takes an optional ``ax`` / ``axes``.
@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 
 from tauml.config import FeatureConfig
 from tauml.data.features import PID_NAMES, inverse_transform
+from tauml.evaluation.tokenization import RESIDUALS, codes_for_fraction
 from tauml.plots import COLORS, label
 
 Metrics = Mapping[str, Any]
@@ -36,7 +37,6 @@ DATASET_NAMES: dict[str, str] = {
     "qq": "quark jets, e⁺e⁻ (out of domain)",
 }
 #: The reconstructed-minus-input quantities drawn, in the order of the panels.
-RESIDUALS: tuple[str, ...] = ("pt_relative", "mass", "deta", "dphi")
 RESIDUAL_LABELS: dict[str, str] = {
     "pt_relative": r"$p_T^\mathrm{reco}\,/\,p_T^\mathrm{in} - 1$",
     "pt": r"$p_T^\mathrm{reco} - p_T^\mathrm{in}$ [GeV]",
@@ -45,8 +45,6 @@ RESIDUAL_LABELS: dict[str, str] = {
     "dphi": r"$\Delta\phi^\mathrm{reco} - \Delta\phi^\mathrm{in}$ [rad]",
 }
 #: Plain-text names of the residuals, for tables.
-RESIDUAL_NAMES: dict[str, str] = {"pt_relative": "pT_reco/pT - 1", "pt": "pT_reco - pT [GeV]",
-                                  "mass": "mass [GeV]", "deta": "Δη", "dphi": "Δφ [rad]"}
 #: Histogram ranges of the residual panels (the tails beyond them still count in the normalisation).
 RESIDUAL_RANGES: dict[str, tuple[float, float]] = {
     "pt_relative": (-1.0, 2.0), "pt": (-20.0, 20.0), "mass": (-0.6, 0.6), "deta": (-0.3, 0.3), "dphi": (-0.3, 0.3),
@@ -78,42 +76,6 @@ def _color(name: str, index: int) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Numbers
 # ----------------------------------------------------------------------------------------------------------
-
-
-def codes_for_fraction(counts: np.ndarray, fraction: float = 0.9) -> int:
-    """The smallest number of codes that together carry ``fraction`` of the constituents (0 if none)."""
-    counts = np.sort(np.asarray(counts, dtype=np.float64))[::-1]
-    total = counts.sum()
-    if total <= 0:
-        return 0
-    return int(np.searchsorted(np.cumsum(counts) / total, fraction - 1e-12) + 1)
-
-
-def resolution_rows(metrics: Mapping[str, Metrics], quantities: Sequence[str] = RESIDUALS) -> list[dict[str, Any]]:
-    """One row per dataset and quantity: mean, std and IQR of reconstructed - input (physical units).
-
-    For the angles the row also gives the IQR relative to the IQR of the input values: tau jets are narrow,
-    so a small absolute angular residual can still be a coarse one relative to the jet's own size.
-    """
-    rows = []
-    for name, m in metrics.items():
-        for quantity in quantities:
-            r = m["resolution"][quantity]
-            row = {"dataset": name, "quantity": RESIDUAL_NAMES[quantity], "mean": r["mean"], "std": r["std"],
-                   "IQR": r["iqr"], "IQR / input IQR": "–"}
-            if quantity in ("deta", "dphi"):
-                q25, q75 = np.percentile(m["input"][quantity], [25, 75])
-                row["IQR / input IQR"] = float(r["iqr"] / (q75 - q25)) if q75 > q25 else float("nan")
-            rows.append(row)
-    return rows
-
-
-def summary_row(name: str, m: Metrics) -> dict[str, Any]:
-    """The key numbers of one evaluation in a flat row: accuracies, codebook use, IQRs of the residuals."""
-    return {"": name, "constituents": m["n_constituents"], "PID accuracy": m["pid_accuracy"],
-            "charge accuracy": m["charge_accuracy"], "utilisation": m["utilisation"], "perplexity": m["perplexity"],
-            "codes for 90 %": codes_for_fraction(m["token_frequency"]),
-            **{f"IQR {RESIDUAL_NAMES[q]}": m["resolution"][q]["iqr"] for q in RESIDUALS}}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -30,16 +30,10 @@ import torch
 from tauml.cache import read_json, write_json
 from tauml.config import ConfigError, GPTConfig, PretrainConfig, config_hash, to_dict
 from tauml.data import DataError
+from tauml.evaluation.generation import unigram_perplexity
 from tauml.models import CheckpointError
-from tauml.models.gpt import (
-    GPT,
-    PAD_ID,
-    START_ID,
-    load_backbone,
-    next_token_loss,
-    save_backbone,
-    unigram_perplexity,
-)
+from tauml.models.checkpoints import load_backbone, save_backbone
+from tauml.models.gpt import GPT, PAD_ID, START_ID, next_token_loss
 from tauml.training import common
 
 BACKBONE_FILE = "backbone.pt"

@@ -25,22 +25,13 @@ from tauml.data.features import (
     CHARGE_INDEX,
     CONTINUOUS_FEATURES,
     FEATURE_NAMES,
-    N_FEATURES,
     PID_FEATURES,
     JetArrays,
-    inverse_transform,
+    constituent_arrays,
 )
-from tauml.data.schema import DataError
 from tauml.models import CheckpointError
-from tauml.models.vqvae import (
-    CODE_OFFSET,
-    Tokenizer,
-    code_counts,
-    load_tokenizer,
-    perplexity,
-    save_tokenizer,
-    utilisation,
-)
+from tauml.models.checkpoints import load_tokenizer, save_tokenizer
+from tauml.models.vqvae import Tokenizer, code_counts, perplexity, utilisation
 from tauml.training import common
 
 #: Linear warm-up over this fraction of all steps, then cosine decay to MIN_LR_FRACTION x lr (OmniJet-alpha
@@ -76,8 +67,8 @@ def train_tokenizer(
     common.limit_threads()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_x, train_mask = _as_arrays(train, "train")
-    val_x, val_mask = _as_arrays(val, "val")
+    train_x, train_mask = constituent_arrays(train, "train")
+    val_x, val_mask = constituent_arrays(val, "val")
     if config.train_jets > 0:
         train_x, train_mask = train_x[:config.train_jets], train_mask[:config.train_jets]
     run = {"tokenizer_config": to_dict(config), "feature_config": to_dict(features),
@@ -196,34 +187,6 @@ def _summary(entry: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _as_arrays(data: JetsLike, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(features float32, mask bool) from JetArrays or a tuple, checked for the tokenizer's targets."""
-    if isinstance(data, JetArrays):
-        x, mask = data.features, data.mask
-    elif isinstance(data, tuple) and len(data) == 2:
-        x, mask = data
-    else:
-        raise DataError(f"{name} must be JetArrays or a (features, mask) tuple, got {type(data).__name__}")
-    x, mask = np.asarray(x, dtype=np.float32), np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise DataError(f"{name} mask must be boolean (True = real constituent), got {mask.dtype}")
-    if x.ndim != 3 or x.shape[-1] != N_FEATURES or x.shape[:2] != mask.shape:
-        raise DataError(f"{name} features {x.shape} must be (n_jets, max_constituents, {N_FEATURES}) matching "
-                        f"mask {mask.shape}")
-    if len(x) == 0 or not mask.any():
-        raise DataError(f"{name} holds no real constituents: nothing to train or validate on")
-    real = x[mask]
-    if not np.all(np.isfinite(real)):
-        raise DataError(f"{name} has NaN or infinite features in real constituents")
-    if not np.all(np.isin(real[:, CHARGE_INDEX], (-1.0, 0.0, 1.0))):
-        raise DataError(f"{name} has charges other than -1, 0, +1 (feature {CHARGE_INDEX}); the tokenizer's charge "
-                        "classes are exactly these")
-    flags = real[:, PID_FEATURES]
-    if not (np.all(np.isin(flags, (0.0, 1.0))) and np.all(flags.sum(1) == 1)):
-        raise DataError(f"{name} particle-type flags (features 5-9) are not one-hot in every real constituent")
-    return x, mask
-
-
 def _fingerprint(x: np.ndarray, mask: np.ndarray) -> list[float]:
     """Jets, real constituents and the sum of their features: tells a resumed run that its data changed."""
     return [len(x), int(mask.sum()), round(float(x[mask].sum(dtype=np.float64)), 3)]
@@ -285,48 +248,3 @@ def evaluate(tokenizer: Tokenizer, x: np.ndarray, mask: np.ndarray,
             "utilisation": utilisation(counts), "perplexity": perplexity(counts),
             "resolution": {name: float(s) for name, s in zip(names, std)},
             "charge_accuracy": charge_right / max(1, n_real), "pid_accuracy": pid_right / max(1, n_real)}
-
-
-def tokenization_metrics(tokenizer: Tokenizer, jets: JetsLike, batch_size: int = 2048) -> dict[str, Any]:
-    """How well jets survive the trip to tokens and back (``tokenize`` then ``reconstruct``).
-
-    Returns, over real constituents:
-
-    * ``resolution``: for ``pt`` [GeV], ``pt_relative`` (reco / input - 1), ``mass`` [GeV], ``deta``, ``dphi``
-      [rad]: ``mean``, ``std``, ``iqr`` (75th - 25th percentile) of reconstructed minus input,
-    * ``residuals``: those differences as arrays, ``input`` / ``reconstructed``: the physical values,
-    * ``charge_accuracy``, ``charge_confusion`` (3 x 3 counts, rows = input charge -1, 0, +1, columns =
-      reconstructed), ``pid_accuracy``, ``pid_confusion`` (5 x 5, order of ``PID_NAMES``),
-    * ``utilisation``, ``perplexity`` and ``token_frequency`` (counts per code, length codebook_size).
-    """
-    x, mask = _as_arrays(jets, "jets")
-    tokens, token_mask = tokenizer.tokenize(x, mask, batch_size=batch_size)
-    decoded, decoded_mask = tokenizer.reconstruct(tokens, token_mask, batch_size=batch_size)
-    decoded = decoded.numpy()
-    inner, inner_mask = tokens[:, 1:-1], token_mask[:, 1:-1]
-    codes = inner[inner_mask & (inner >= CODE_OFFSET)] - CODE_OFFSET
-    counts = np.bincount(codes.numpy(), minlength=tokenizer.codebook_size)
-    source = inverse_transform(x[mask], tokenizer.feature_config)
-    result = inverse_transform(decoded[decoded_mask.numpy()], tokenizer.feature_config)
-    source["pt_relative"], result["pt_relative"] = np.ones_like(source["pt"]), result["pt"] / source["pt"]
-    residuals, resolution = {}, {}
-    for name in ("pt", "pt_relative", "mass", "deta", "dphi"):
-        diff = (result[name] - source[name]).astype(np.float64)
-        q25, q75 = np.percentile(diff, [25, 75])
-        residuals[name] = diff
-        resolution[name] = {"mean": float(diff.mean()), "std": float(diff.std()), "iqr": float(q75 - q25)}
-    charge_in = source["charge"].round().astype(np.int64) + 1
-    charge_out = result["charge"].round().astype(np.int64) + 1
-    charge_confusion = np.bincount(charge_in * 3 + charge_out, minlength=9).reshape(3, 3)
-    pid_confusion = np.bincount(source["pid"] * 5 + result["pid"], minlength=25).reshape(5, 5)
-    return {
-        "resolution": resolution, "residuals": residuals,
-        "input": {k: source[k] for k in ("pt", "mass", "deta", "dphi", "charge", "pid")},
-        "reconstructed": {k: result[k] for k in ("pt", "mass", "deta", "dphi", "charge", "pid")},
-        "charge_accuracy": float(np.trace(charge_confusion) / charge_confusion.sum()),
-        "charge_confusion": charge_confusion,
-        "pid_accuracy": float(np.trace(pid_confusion) / pid_confusion.sum()),
-        "pid_confusion": pid_confusion,
-        "utilisation": utilisation(counts), "perplexity": perplexity(counts), "token_frequency": counts,
-        "n_constituents": int(mask.sum()),
-    }

@@ -7,7 +7,7 @@ accuracy against its chance level, silhouette), and an ``output`` with the map.
 
 A map is computed the first time its (model, block, kind, perplexity) is chosen (t-SNE: seconds for a few
 thousand jets) and kept in ``maps``, so going back to a choice shows it at once; ``n_computed`` counts the
-t-SNE runs.  Maps already computed elsewhere (:func:`tauml.embedding_study.tsne_maps`) can be passed in as
+t-SNE runs.  Maps already computed elsewhere (:func:`tauml.studies.embeddings.tsne_maps`) can be passed in as
 ``maps``.  Tests drive the controls headless by setting ``.value``.
 """
 
@@ -21,7 +21,9 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from tauml.embedding_study import (
+from tauml.evaluation.embeddings import chance_level, knn_accuracy, silhouette, tsne
+from tauml.plots.embeddings import LABEL_KINDS, MODEL_LABELS, plot_tsne
+from tauml.studies.embeddings import (
     KIND_NAMES,
     MODELS,
     MapKey,
@@ -29,7 +31,6 @@ from tauml.embedding_study import (
     kind_labels,
     labelled,
 )
-from tauml.embeddings import tsne
 from tauml.widgets.common import show
 
 #: Perplexities offered (only those below the number of jets of every colouring are kept).
@@ -49,7 +50,6 @@ class EmbeddingExplorer(widgets.VBox):
                  perplexity: float = 30.0, model: str | None = None, block: int | None = None,
                  kind: str | None = None, seed: int = 0, maps: Mapping[MapKey, np.ndarray] | None = None,
                  draw_now: bool = True) -> None:
-        from tauml.plots.embeddings import LABEL_KINDS, MODEL_LABELS
 
         check_embeddings(embeddings_by_model, labels)
         unknown = sorted(set(labels) - set(LABEL_KINDS))
@@ -103,7 +103,7 @@ class EmbeddingExplorer(widgets.VBox):
         return (self.model.value, int(self.block.value), self.kind.value, float(self.perplexity.value))
 
     def tsne_map(self, key: MapKey) -> np.ndarray:
-        """The t-SNE map of ``key``, computed once (:func:`tauml.embeddings.tsne`), then memoised."""
+        """The t-SNE map of ``key``, computed once (:func:`tauml.evaluation.embeddings.tsne`), then memoised."""
         if key not in self.maps:
             model, block, kind, perplexity = key
             chosen = labelled(self.labels, kind)
@@ -113,7 +113,6 @@ class EmbeddingExplorer(widgets.VBox):
 
     def separation(self, model: str, block: int, kind: str) -> tuple[float, float]:
         """(kNN accuracy, silhouette) of the choice, memoised."""
-        from tauml.embeddings import knn_accuracy, silhouette
 
         key = (model, block, kind)
         if key not in self.scores:
@@ -123,8 +122,6 @@ class EmbeddingExplorer(widgets.VBox):
         return self.scores[key]
 
     def _draw(self, _change: Any = None) -> None:
-        from tauml.embeddings import chance_level
-        from tauml.plots.embeddings import MODEL_LABELS, plot_tsne
 
         key = self.choice
         model, block, kind, perplexity = key
@@ -150,7 +147,7 @@ class EmbeddingExplorer(widgets.VBox):
 
 def embedding_explorer(embeddings_by_model: Mapping[str, Mapping[int, np.ndarray]],
                        labels: Mapping[str, np.ndarray], **options: Any) -> EmbeddingExplorer:
-    """The explorer of ``{model: {block: (n_jets, n_embd)}}`` (e.g. :func:`tauml.embedding_study.embed_all`)
+    """The explorer of ``{model: {block: (n_jets, n_embd)}}`` (e.g. :func:`tauml.studies.embeddings.embed_all`)
     coloured by ``labels`` ``{"dm": decay mode or -1, "tau": 1/0}`` (e.g. ``StudyJets.labels``); ``options``:
     ``perplexities``, ``perplexity``, ``model``, ``block``, ``kind``, ``seed``, ``maps``, ``draw_now``."""
     return EmbeddingExplorer(embeddings_by_model, labels, **options)

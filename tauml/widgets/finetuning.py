@@ -18,7 +18,11 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from tauml.config import BASELINES, STRATEGIES, TASKS, FinetuneConfig, Preset, get_preset
+from tauml.evaluation.metrics import confusion_matrix
+from tauml.pipeline.finetuning import finetune
 from tauml.plots import STRATEGY_LABELS
+from tauml.plots import tau as tplots
+from tauml.studies.report import markdown_table
 from tauml.widgets.common import show
 
 TASK_LABELS = {"id": "τ identification", "reg": "visible pT regression", "dm": "decay mode"}
@@ -29,7 +33,6 @@ class FinetunePanel(widgets.VBox):
 
     def __init__(self, preset: str | Preset = "demo", run: Callable[..., Any] | None = None,
                  train_sizes: tuple[int, ...] | None = None) -> None:
-        from tauml.training.finetune import finetune
 
         self.preset = get_preset(preset)
         self.run = run or finetune
@@ -117,8 +120,6 @@ class FinetunePanel(widgets.VBox):
     def _show_result(self, result: Any) -> None:
         from IPython.display import Markdown
 
-        from tauml.plots import tau as tplots
-        from tauml.report import markdown_table
 
         rows = [{"": "this model", **{k: round(v, 4) for k, v in result.headline.items()}}]
         ref = result.reference
@@ -135,7 +136,6 @@ class FinetunePanel(widgets.VBox):
         elif result.config.task == "reg":
             fig = tplots.plot_response({name: p["pred_pt"] / p["vis_pt"]}, reco_response=p["reco_pt"] / p["vis_pt"])
         else:
-            from tauml.metrics import confusion_matrix
 
             fig = tplots.plot_confusion(confusion_matrix(p["dm"], p["probs"].argmax(1), 6), text=name)
         show(self.plot_output, fig)
@@ -143,5 +143,5 @@ class FinetunePanel(widgets.VBox):
 
 def finetune_panel(preset: str | Preset = "demo", run: Callable[..., Any] | None = None,
                    train_sizes: tuple[int, ...] | None = None) -> FinetunePanel:
-    """The fine-tuning panel for ``preset`` (``run`` defaults to :func:`tauml.training.finetune.finetune`)."""
+    """The fine-tuning panel for ``preset`` (``run`` defaults to :func:`tauml.pipeline.finetune`)."""
     return FinetunePanel(preset, run=run, train_sizes=train_sizes)

@@ -23,9 +23,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import clear_output, display
 
+from tauml.evaluation.generation import jet_observables, observable_distances
 from tauml.models import CheckpointError
 from tauml.models.gpt import GPT, generate_jets
-from tauml.plots.generation import jet_observables, observable_distances, plot_observable_grid
+from tauml.plots.generation import plot_observable_grid
 
 REAL = "Real jets"
 DECODED = "Real via tokens"

@@ -11,7 +11,10 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import Markdown
 
-from tauml.report import markdown_table
+from tauml.pipeline.scan import reference_value, summarize
+from tauml.plots import scans as splots
+from tauml.studies.ablations import SCAN_AXIS
+from tauml.studies.report import markdown_table
 from tauml.widgets.common import show
 
 SCAN_LABELS = {"unfreeze": "unfreeze epoch", "blocks": "number of GPT blocks", "train_size": "training-set size"}
@@ -48,15 +51,11 @@ class ScanExplorer(widgets.VBox):
         self._draw()
 
     def summary_rows(self) -> list[dict[str, Any]]:
-        from tauml.scan import summarize
-        from tauml.studies import SCAN_AXIS
 
         records = self.records[self.kind.value][self.task.value]
         return summarize(records, by=SCAN_AXIS[self.kind.value], metric=self.metric.value)
 
     def _draw(self, _change: Any = None) -> None:
-        from tauml.plots import scans as splots
-        from tauml.scan import reference_value
 
         rows = self.summary_rows()
         kind = self.kind.value

@@ -2,7 +2,7 @@
 
 ``tokenization_explorer(preset)`` returns an ipywidgets container with two dropdowns (a cached tokenizer, a
 dataset), a short text summary and an :class:`~ipywidgets.Output` with the per-feature resolution panels and
-the particle-type confusion of the choice.  Metrics (:func:`tauml.training.tokenization_metrics`) are computed
+the particle-type confusion of the choice.  Metrics (:func:`tauml.evaluation.tokenization.tokenization_metrics`) are computed
 the first time a (tokenizer, dataset) pair is chosen and kept in the widget, so switching back is instant.
 
 The builder is plain library code (after iminuit's ``ipywidget.py``); tests drive it headless by setting
@@ -21,19 +21,18 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tauml import pipeline
 from tauml.config import Preset, get_preset
 from tauml.data.features import JetArrays
+from tauml.evaluation.tokenization import RESIDUAL_NAMES, RESIDUALS, codes_for_fraction, tokenization_metrics
+from tauml.models.checkpoints import load_tokenizer
 from tauml.plots.tokenization import (
     PID_LABELS,
-    RESIDUAL_NAMES,
-    RESIDUALS,
-    codes_for_fraction,
     dataset_name,
     dataset_short,
     plot_category_confusion,
     plot_resolution,
 )
-from tauml.training.tokenizer import tokenization_metrics
 from tauml.widgets.common import show
 
 Jets = JetArrays | tuple[np.ndarray, np.ndarray]
@@ -42,7 +41,6 @@ Jets = JetArrays | tuple[np.ndarray, np.ndarray]
 def default_datasets(preset: str | Preset = "demo", n_jets: int = 3000) -> dict[str, JetArrays]:
     """The study's three datasets: pp validation jets (in domain, never seen in the tokenizer training), and the
     test jets of the e+e- samples ``z`` (tau jets) and ``qq`` (quark jets), each cut to its first ``n_jets``."""
-    from tauml import pipeline
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     jets = {"pp": pipeline.pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed).val,
@@ -53,7 +51,6 @@ def default_datasets(preset: str | Preset = "demo", n_jets: int = 3000) -> dict[
 
 def default_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
     """The tokenizers already trained on the preset's data (:func:`tauml.pipeline.cached_tokenizers`)."""
-    from tauml import pipeline
 
     return pipeline.cached_tokenizers(preset)
 
@@ -105,7 +102,6 @@ class TokenizationExplorer(widgets.VBox):
         if name not in self._loaded:
             value = self._tokenizers[name]
             if isinstance(value, (str, Path)):
-                from tauml.models.vqvae import load_tokenizer
 
                 value = load_tokenizer(value)
             self._loaded[name] = value

@@ -8,13 +8,13 @@ embedding space some decay-mode structure and fine-tuning more.  Here:
   cached fine-tuning that notebook 03 runs, so it is usually free);
 * :func:`study_jets` draws tau jets (``z`` test sample, decay-mode labels) and quark jets (``qq`` test sample),
   never seen in training, and tokenizes them;
-* :func:`embed_all` embeds them after every GPT block of every model (:func:`tauml.embeddings.jet_embeddings`);
+* :func:`embed_all` embeds them after every GPT block of every model (:func:`tauml.evaluation.embeddings.jet_embeddings`);
 * :func:`tsne_maps`, :func:`separation_scores`, :func:`score_table` and :func:`claim_reading` turn the
   embeddings into maps, numbers and a reading of the paper's claim computed from those numbers.
 
 Labels come in two *kinds* (:data:`tauml.plots.embeddings.LABEL_KINDS`): ``"dm"``, the reduced decay mode 0..5
 (-1 for quark jets, which are left out of every decay-mode map and score) and ``"tau"``, 1 for a tau jet and 0
-for a quark jet.  Nothing is written to disk here beyond what :func:`tauml.training.finetune.finetune` caches.
+for a quark jet.  Nothing is written to disk here beyond what :func:`tauml.pipeline.finetune` caches.
 """
 
 from __future__ import annotations
@@ -28,9 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from tauml import pipeline
 from tauml.config import Preset, get_preset
 from tauml.data import DataError
-from tauml.embeddings import tsne
+from tauml.data.features import JetArrays
+from tauml.evaluation.embeddings import embedding_scores, jet_embeddings, tsne
+from tauml.models.checkpoints import load_backbone
+from tauml.models.gpt import GPT
+from tauml.pipeline.finetuning import MODEL_FILE, build_model, finetune, resolve
+from tauml.plots.embeddings import MODEL_LABELS, scatter_tsne
 
 #: The three levels of training, in the order of the paper's Fig. 6 (keys of tauml.plots.embeddings.MODEL_LABELS).
 MODELS: tuple[str, ...] = ("untrained", "pretrained", "fine_tuned")
@@ -48,12 +54,9 @@ def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int 
       from ``seed`` (the global torch random state is left untouched);
     * ``"pretrained"``: the preset's pretrained backbone (``pipeline.backbone_checkpoint``);
     * ``"fine_tuned"``: the backbone of the preset's fine-tuning model for ``task`` (strategy ``fine_tuning``,
-      the preset's other fine-tuning settings, ``seed``): :func:`tauml.training.finetune.finetune` trains it
+      the preset's other fine-tuning settings, ``seed``): :func:`tauml.pipeline.finetune` trains it
       once and caches it, and its best state (``model.pt``) is loaded here.
     """
-    from tauml import pipeline
-    from tauml.models.gpt import GPT, load_backbone
-    from tauml.training.finetune import MODEL_FILE, build_model, finetune, resolve
 
     p = get_preset(preset)
     with torch.random.fork_rng(devices=[]):
@@ -64,7 +67,7 @@ def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int 
     result = finetune(p, config, progress=progress)
     if result.folder is None or not (result.folder / MODEL_FILE).exists():
         raise DataError(f"the fine-tuning of {task!r} (seed {seed}) has no saved model: it stopped before its "
-                        f"last epoch; call tauml.training.finetune.finetune again to finish it")
+                        f"last epoch; call tauml.pipeline.finetune again to finish it")
     model = build_model(p, config)
     model.load_state_dict(torch.load(result.folder / MODEL_FILE, map_location="cpu", weights_only=True))
     return {"untrained": untrained, "pretrained": pretrained, "fine_tuned": model.backbone.eval()}
@@ -105,8 +108,6 @@ def study_jets(preset: str | Preset = "demo", n_jets: int = 1200, seed: int = 1)
     the jets matched to a hadronic tau, quark jets those that are not.  Test jets never enter any training.
     Fewer jets are returned where the samples hold fewer (the demo's test files hold about 1,300 of each).
     """
-    from tauml import pipeline
-    from tauml.data.features import JetArrays
 
     if n_jets < 1:
         raise ValueError(f"n_jets={n_jets} must be positive (jets of each kind)")
@@ -131,8 +132,7 @@ def study_jets(preset: str | Preset = "demo", n_jets: int = 1200, seed: int = 1)
 
 def embed_all(models: Mapping[str, Any], tokens: np.ndarray, mask: np.ndarray,
               pooling: str = "mean") -> dict[str, dict[int, np.ndarray]]:
-    """``{model: {block: (n_jets, n_embd)}}``: :func:`tauml.embeddings.jet_embeddings` of every model."""
-    from tauml.embeddings import jet_embeddings
+    """``{model: {block: (n_jets, n_embd)}}``: :func:`tauml.evaluation.embeddings.jet_embeddings` of every model."""
 
     if not models:
         raise ValueError("no models to embed with: pass e.g. embedding_models(preset)")
@@ -182,7 +182,7 @@ def tsne_maps(embeddings_by_model: Mapping[str, Mapping[int, np.ndarray]], label
     """t-SNE maps of one GPT block (the last by default) for every model and label kind:
     ``{(model, block, kind, perplexity): (n_labelled, 2)}``, each map of the jets labelled in that kind
     (:func:`labelled`; decay-mode maps hold the tau jets only, as the paper's Fig. 6).  scikit-learn takes
-    ~5-10 s per map of 1,000-2,000 jets on one core (:func:`tauml.embeddings.tsne`)."""
+    ~5-10 s per map of 1,000-2,000 jets on one core (:func:`tauml.evaluation.embeddings.tsne`)."""
     check_embeddings(embeddings_by_model, labels)
     maps = {}
     for kind in kinds:
@@ -198,8 +198,7 @@ def tsne_maps(embeddings_by_model: Mapping[str, Mapping[int, np.ndarray]], label
 def separation_scores(embeddings_by_model: Mapping[str, Mapping[int, np.ndarray]],
                       labels: Mapping[str, np.ndarray], k: int = 15, seed: int = 0) -> dict[str, list[dict]]:
     """kNN accuracy and silhouette of every model and block for every label kind, on the jets labelled in that
-    kind: ``{kind: rows of tauml.embeddings.embedding_scores}`` (each row with its ``chance`` level)."""
-    from tauml.embeddings import embedding_scores
+    kind: ``{kind: rows of tauml.evaluation.embeddings.embedding_scores}`` (each row with its ``chance`` level)."""
 
     check_embeddings(embeddings_by_model, labels)
     scores = {}
@@ -228,7 +227,7 @@ def score_table(scores: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[
 
 def knn_standard_error(accuracy: float, n_jets: int, test_fraction: float = 0.3) -> float:
     """Binomial standard error of a kNN accuracy measured on the ``test_fraction`` of ``n_jets`` jets
-    (:func:`tauml.embeddings.knn_accuracy` tests on ceil(test_fraction x n_jets) jets)."""
+    (:func:`tauml.evaluation.embeddings.knn_accuracy` tests on ceil(test_fraction x n_jets) jets)."""
     n_test = math.ceil(test_fraction * n_jets)
     return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n_test)
 
@@ -265,7 +264,6 @@ def plot_model_maps(maps: Mapping[MapKey, np.ndarray], labels: Mapping[str, np.n
     of each row sits to its right."""
     import matplotlib.pyplot as plt
 
-    from tauml.plots.embeddings import MODEL_LABELS, scatter_tsne  # the class colours of plot_tsne
 
     if not maps:
         raise ValueError("no t-SNE maps to draw: compute them with tsne_maps")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tauml import __version__
 from tauml.cache import cache_path, write_json
 from tauml.config import (
     BASELINES,
@@ -36,8 +37,14 @@ from tauml.config import (
     Preset,
     ScanConfig,
     config_hash,
+    get_preset,
     to_dict,
 )
+from tauml.evaluation.metrics import mean_std_over_runs
+from tauml.evaluation.tasks import METRIC_HIGHER_IS_BETTER
+from tauml.pipeline import model_key
+from tauml.pipeline.finetuning import finetune, finetune_many, resolve
+from tauml.utils import progress as progress_bar
 
 #: What :func:`build_scan` can build.
 SCAN_KINDS: tuple[str, ...] = ("unfreeze", "blocks", "train_size")
@@ -48,12 +55,6 @@ SCAN_FORMAT_VERSION = 1
 SCAN_FORMAT = "tauml-scan-point"
 #: Settings that do not change what a point computes and are left out of its name.
 _NOT_IN_KEY: tuple[str, ...] = ("device",)
-#: Whether a larger value of a metric is better (``median`` has its optimum at 1 and no direction).
-METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
-    "auc": True, "weighted_auc": True, "accuracy": True, "macro_f1": True,
-    "misid_at_80": False, "iqr": False, "resolution": False,
-    "val_loss": False, "best_val_loss": False, "final_val_loss": False, "final_train_loss": False,
-}
 
 RunFunction = Callable[[FinetuneConfig], Any]
 
@@ -72,7 +73,6 @@ def preset_key(preset: Preset | str) -> str:
     the base fine-tuning settings keeps the points already computed (each point carries its full fine-tuning
     configuration).
     """
-    from tauml.pipeline import model_key
 
     preset = _as_preset(preset)
     return f"{preset.name}-{model_key(preset)}"
@@ -81,7 +81,6 @@ def preset_key(preset: Preset | str) -> str:
 def _as_preset(preset: Preset | str) -> Preset:
     if isinstance(preset, Preset):
         return preset
-    from tauml.config import get_preset
 
     return get_preset(preset)
 
@@ -160,7 +159,6 @@ class ScanStore:
         ``result`` is a dict (e.g. ``FinetuneResult.to_dict()``) or an object with ``to_dict()``; it must have
         ``metrics`` (a dict of numbers) and may have ``history`` (dict of per-epoch lists) and ``best_epoch``.
         """
-        from tauml import __version__
 
         data = _result_dict(result)
         history = {str(k): [_plain_metric(x) for x in v] for k, v in (data.get("history") or {}).items()}
@@ -329,7 +327,7 @@ def build_scan(preset: Preset | str, kind: str, task: str, base: FinetuneConfig 
     ``"train_size"``.  ``base`` and ``scan`` default to the preset's ``finetune`` and ``scan`` settings,
     ``n_blocks_pretrained`` to its ``gpt.n_layer``; ``strategies`` is used by the training-size scan.
 
-    The points are resolved as fine-tuning resolves them (``tauml.training.finetune.resolve``: n_gpt_blocks 0
+    The points are resolved as fine-tuning resolves them (``tauml.pipeline.finetuning.resolve``: n_gpt_blocks 0
     becomes the preset's block count, an unfreeze epoch that does not apply becomes 0), so that equal trainings
     have equal points and run once, e.g. the block scan's deepest point and the training-size scan's
     fine-tuning point at the ablation size."""
@@ -346,7 +344,6 @@ def build_scan(preset: Preset | str, kind: str, task: str, base: FinetuneConfig 
         points = block_points(base, scan, n_blocks_pretrained or preset.gpt.n_layer)
     else:
         points = train_size_points(base, scan, strategies)
-    from tauml.training.finetune import resolve
 
     return _dedupe(resolve(preset, config) for config in points)
 
@@ -360,9 +357,8 @@ def _default_run(preset: Preset | None, progress: bool) -> RunFunction:
     if preset is None:
         raise ConfigError(
             "run_scan has no run function and the store knows no preset: pass run=..., or open the store with "
-            "ScanStore.for_preset(preset) to run tauml.training.finetune.finetune"
+            "ScanStore.for_preset(preset) to run tauml.pipeline.finetune"
         )
-    from tauml.training.finetune import finetune
 
     def run(config: FinetuneConfig) -> Any:
         return finetune(preset, config, progress=progress)
@@ -376,11 +372,10 @@ def run_scan(points: Sequence[FinetuneConfig], store: ScanStore, run: RunFunctio
     in the order of ``points``.
 
     ``run(config)`` trains one point and returns a dict or an object with ``to_dict()`` holding ``metrics``
-    (and ``history``, ``best_epoch``); by default it is ``tauml.training.finetune.finetune`` with the store's
+    (and ``history``, ``best_epoch``); by default it is ``tauml.pipeline.finetune`` with the store's
     preset, run in ``workers`` parallel processes (default: the usable cores; ``workers=1`` runs here).  An exception in ``run`` stops the scan; the points finished before it stay stored, and calling
     ``run_scan`` again continues with the others.
     """
-    from tauml.utils import progress as progress_bar
 
     points = list(points)
     for config in points:
@@ -400,7 +395,6 @@ def run_scan(points: Sequence[FinetuneConfig], store: ScanStore, run: RunFunctio
             records[key] = record
     if missing and run is None and store.preset is not None and workers != 1:
         # the default run in parallel worker processes; each point is stored as soon as it finishes
-        from tauml.training.finetune import finetune_many
 
         def put(config: FinetuneConfig, result: Any) -> None:
             records[store.key(config)] = store.put(config, result, seconds=getattr(result, "seconds", 0.0))
@@ -468,7 +462,7 @@ def reference_value(results: Iterable[Mapping[str, Any]], metric: str) -> float 
 
 
 def summarize(results: Iterable[Mapping[str, Any]], by: str, metric: str) -> list[dict[str, Any]]:
-    """Mean and standard deviation (ddof = 0, as :func:`tauml.metrics.mean_std_over_runs`) of ``metric`` over
+    """Mean and standard deviation (ddof = 0, as :func:`tauml.evaluation.metrics.mean_std_over_runs`) of ``metric`` over
     seeds, for each task, strategy and value of the setting ``by`` (e.g. ``"unfreeze_epoch"``,
     ``"n_gpt_blocks"``, ``"train_size"``).
 
@@ -505,7 +499,6 @@ def summarize(results: Iterable[Mapping[str, Any]], by: str, metric: str) -> lis
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    from tauml.metrics import mean_std_over_runs
 
     return mean_std_over_runs(values)
 

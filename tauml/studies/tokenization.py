@@ -1,6 +1,6 @@
 """The tokenization study of notebook 01 (the core paper's Figs. 2 and 3), as library functions.
 
-The notebook computes :func:`tauml.training.tokenizer.tokenization_metrics` for pp jets (the tokenizer's own
+The notebook computes :func:`tauml.evaluation.tokenization.tokenization_metrics` for pp jets (the tokenizer's own
 domain) and for e+e- tau and quark jets (out of domain) and reads them here:
 
 * :func:`study_jets` draws the jets: pp validation jets (never trained on) and the e+e- test samples;
@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from tauml import pipeline
 from tauml.config import Preset, get_preset
 from tauml.data.features import PID_NAMES, JetArrays
+from tauml.evaluation.tokenization import RESIDUAL_NAMES, RESIDUALS, codes_for_fraction, resolution_rows
+from tauml.plots.tokenization import dataset_name
 
 NEUTRAL_HADRON = PID_NAMES.index("neutral hadron")
 
@@ -33,7 +36,6 @@ NEUTRAL_HADRON = PID_NAMES.index("neutral hadron")
 def study_jets(preset: str | Preset, n_jets: int, ee_samples: Mapping[str, str]) -> dict[str, JetArrays]:
     """At most ``n_jets`` jets per dataset: ``"pp"`` = the tokenizer's validation jets, and for each
     ``name: sample`` of ``ee_samples`` the e+e- test jets of ``sample`` (``"tau"`` keeps tau-matched jets only)."""
-    from tauml import pipeline
 
     p = get_preset(preset)
     split = pipeline.pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed)
@@ -73,7 +75,6 @@ def utilisation_at_size(token_frequency: np.ndarray, n_constituents: int, seed: 
 def variant_tokenizers(preset: str | Preset, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """``{"preset": the preset's tokenizer, name: tokenizer with the TokenizerConfig fields of variants[name]
     changed}``; each is trained on first use, then loaded from the cache."""
-    from tauml import pipeline
 
     p = get_preset(preset)
     tokenizers = {"preset": pipeline.tokenizer(p)}
@@ -87,7 +88,6 @@ def compare_variant(preset_metrics: Mapping[str, Any], variant_metrics: Mapping[
                     dataset: str) -> str:
     """Two lines saying which of the preset's tokenizer and ``variant`` keeps the categories better (sum of the
     particle-type and charge accuracies) and in how many residuals the preset has the smaller IQR."""
-    from tauml.plots.tokenization import RESIDUAL_NAMES, RESIDUALS, dataset_name
 
     a, b = preset_metrics, variant_metrics
     categories = [f"{what} {a[key]:.3f} (preset) vs {b[key]:.3f}"
@@ -102,7 +102,6 @@ def compare_variant(preset_metrics: Mapping[str, Any], variant_metrics: Mapping[
 
 
 def _relative_angle(m: Mapping[str, Any], name: str) -> float:
-    from tauml.plots.tokenization import resolution_rows
 
     return float(np.mean([r["IQR / input IQR"] for r in resolution_rows({name: m}, ("deta", "dphi"))]))
 
@@ -111,7 +110,6 @@ def reading(metrics: Mapping[str, Mapping[str, Any]], neutral: Mapping[str, Mapp
             codebook_size: int) -> str:
     """The reading of the study as Markdown bullets: each out-of-domain dataset against pp (pT, angles,
     categories), the fate of neutral hadrons, and how concentrated the code usage is."""
-    from tauml.plots.tokenization import codes_for_fraction, dataset_name
 
     pp = metrics["pp"]
     pp_pt = pp["resolution"]["pt_relative"]

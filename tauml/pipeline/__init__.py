@@ -13,16 +13,30 @@ otherwise.  No notebook reads a file that another notebook happened to write: al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from tauml.config import PP_SAMPLES, TASKS, Preset, get_preset, to_dict
+from tauml.cache import (
+    DATA_FORMAT_VERSION,
+    MODEL_FORMAT_VERSION,
+    cache_dir,
+    cache_path,
+    locked,
+    read_json,
+    write_json,
+)
+from tauml.config import PP_SAMPLES, TASKS, Preset, config_hash, get_preset, to_dict
 from tauml.data.features import JetArrays, jet_arrays
 from tauml.data.generate import GeneratedData, generate_cached
+from tauml.data.readers import read_fuure, read_jetclass
 from tauml.data.schema import DataError
+from tauml.models.checkpoints import load_tokenizer
+from tauml.models.vqvae import CODE_OFFSET
+from tauml.training.pretrain import BACKBONE_FILE, pretrain, read_history
+from tauml.training.tokenizer import train_tokenizer
 
 #: Which generated samples feed which task (as the reference: regression and decay modes train on Z -> tau tau
 #: jets only, identification on Z -> tau tau against q qbar jets).  Tests add the ZH taus.
@@ -43,7 +57,6 @@ def dataset(preset: str | Preset = "demo", progress: bool = True) -> GeneratedDa
 
 @lru_cache(maxsize=16)
 def _fuure_arrays(path: str, lifetime: bool) -> JetArrays:
-    from tauml.data.readers import read_fuure
 
     jets = read_fuure(path)
     arrays = jet_arrays(jets, lifetime=lifetime, source=path)
@@ -105,7 +118,6 @@ def train_val_split(jets: JetArrays, train_size: int, val_size: int) -> Split:
 
 @lru_cache(maxsize=4)
 def _pp_arrays(files: tuple[str, ...], max_constituents: int) -> JetArrays:
-    from tauml.data.readers import read_jetclass
 
     parts = [jet_arrays(read_jetclass(f), max_constituents=max_constituents, source=f) for f in files]
     return JetArrays.concatenate(parts)
@@ -134,8 +146,6 @@ def pp_split(preset: str | Preset = "demo", val_fraction: float = 0.1, seed: int
 
 def cache_key_path(kind: str, *parts: object) -> Path:
     """A cache folder for ``kind`` named by the hash of ``parts``."""
-    from tauml.cache import cache_path
-    from tauml.config import config_hash
 
     return cache_path(kind, config_hash(*parts))
 
@@ -146,7 +156,6 @@ def detector_study(preset: str | Preset = "demo", events: int = 2000) -> dict[st
     Both runs use the preset's seed and chunking, so Pythia generates identical events and only the detector
     differs.  Returns ``{"realistic": ..., "ideal": ...}`` (train and test jets together).
     """
-    from dataclasses import replace
 
     base = _preset(preset).generation
     result = {}
@@ -165,16 +174,12 @@ def detector_study(preset: str | Preset = "demo", events: int = 2000) -> dict[st
 
 def data_key(preset: str | Preset) -> str:
     """Hash naming the generated dataset of a preset (changes with any generation setting or the format)."""
-    from tauml.cache import DATA_FORMAT_VERSION
-    from tauml.config import config_hash
 
     return config_hash(_preset(preset).generation, DATA_FORMAT_VERSION)
 
 
 def tokenizer_key(preset: str | Preset) -> str:
     """Hash naming a preset's tokenizer: its data, features and tokenizer settings."""
-    from tauml.cache import MODEL_FORMAT_VERSION
-    from tauml.config import config_hash
 
     p = _preset(preset)
     return config_hash(data_key(p), p.features, p.tokenizer, MODEL_FORMAT_VERSION)
@@ -182,7 +187,6 @@ def tokenizer_key(preset: str | Preset) -> str:
 
 def backbone_key(preset: str | Preset) -> str:
     """Hash naming a preset's pretrained backbone: its tokenizer and the GPT and pretraining settings."""
-    from tauml.config import config_hash
 
     p = _preset(preset)
     return config_hash(tokenizer_key(p), p.gpt, p.pretrain)
@@ -191,7 +195,6 @@ def backbone_key(preset: str | Preset) -> str:
 def cached_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
     """Tokenizers already trained on the preset's data with its features, by a short description of how their
     settings differ from the preset's (``"preset"`` for the preset's own), e.g. ``"codebook_size=128"``."""
-    from tauml.cache import cache_dir, read_json
 
     p = _preset(preset)
     wanted = {"data_key": data_key(p), "features": to_dict(p.features)}
@@ -207,16 +210,12 @@ def cached_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
 
 
 def tokenizer_dir(preset: str | Preset) -> Path:
-    from tauml.cache import cache_path
 
     return cache_path("tokenizer", tokenizer_key(preset))
 
 
 def tokenizer(preset: str | Preset = "demo", progress: bool = True):
     """The preset's frozen VQ-VAE tokenizer, trained on the pp jets on first use (then read from the cache)."""
-    from tauml.cache import locked, write_json
-    from tauml.models.vqvae import load_tokenizer
-    from tauml.training.tokenizer import train_tokenizer
 
     p = _preset(preset)
     folder = tokenizer_dir(p)
@@ -250,16 +249,13 @@ def tokens(preset: str | Preset, jets: JetArrays, name: str) -> tuple[np.ndarray
 
 
 def backbone_dir(preset: str | Preset) -> Path:
-    from tauml.cache import cache_path
 
     return cache_path("backbone", backbone_key(preset))
 
 
 def gpt_config(preset: str | Preset):
     """The preset's GPT settings with the vocabulary of its tokenizer (codebook size + 3)."""
-    from dataclasses import replace
 
-    from tauml.models.vqvae import CODE_OFFSET
 
     p = _preset(preset)
     return replace(p.gpt, vocab_size=p.tokenizer.codebook_size + CODE_OFFSET,
@@ -268,8 +264,6 @@ def gpt_config(preset: str | Preset):
 
 def backbone_checkpoint(preset: str | Preset = "demo", progress: bool = True) -> Path:
     """Path of the preset's pretrained backbone, pretrained on the tokenized pp jets on first use."""
-    from tauml.cache import locked, write_json
-    from tauml.training.pretrain import BACKBONE_FILE, pretrain
 
     p = _preset(preset)
     folder = backbone_dir(p)
@@ -288,7 +282,6 @@ def backbone_checkpoint(preset: str | Preset = "demo", progress: bool = True) ->
 
 def backbone_history(preset: str | Preset = "demo") -> dict:
     """The pretraining history (per-epoch losses, perplexities, throughput) of the preset's backbone."""
-    from tauml.training.pretrain import read_history
 
     backbone_checkpoint(preset)
     return read_history(backbone_dir(preset))
@@ -296,7 +289,6 @@ def backbone_history(preset: str | Preset = "demo") -> dict:
 
 def model_key(preset: str | Preset) -> str:
     """Hash of everything a fine-tuning result depends on besides its own settings."""
-    from tauml.config import config_hash
 
     p = _preset(preset)
     return config_hash(backbone_key(p), p.head, p.part, p.deepset)
@@ -304,7 +296,10 @@ def model_key(preset: str | Preset) -> str:
 
 def finetune_dir(preset: str | Preset, config) -> Path:
     """The cache folder of one fine-tuning configuration (a resolved FinetuneConfig)."""
-    from tauml.cache import cache_path
-    from tauml.config import config_hash
 
     return cache_path("finetune", config_hash(model_key(preset), config))
+
+
+# The fine-tuning step lives in its own module; it is part of the pipeline's public face:
+#     pipeline.finetune("demo", config)
+from tauml.pipeline.finetuning import FinetuneResult, finetune, finetune_many  # noqa: E402, F401  (it imports this module)

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as _sk_roc_curve
 
+from tauml.data.features import CHARGE_INDEX, PID_FEATURES
 from tauml.data.schema import CANDIDATE_PDG_CODES
 from tauml.data.truth import REDUCED_DM_NAMES
 
@@ -302,7 +303,6 @@ def decay_mode_from_counting(pdg: np.ndarray, charge: np.ndarray, mask: np.ndarr
 
 def candidates_from_features(features: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pdg codes and charges back from the 10 per-constituent features (0 where padded)."""
-    from tauml.data.features import CHARGE_INDEX, PID_FEATURES
 
     pid = np.argmax(features[..., PID_FEATURES], axis=-1)
     pdg = np.where(mask, np.asarray(CANDIDATE_PDG_CODES)[pid], 0)

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from tauml.data import DataError
+from tauml.models.gpt import PAD_ID, START_ID, STOP_ID
 
 #: Pooling of the per-token hidden states into one vector per jet.
 POOLINGS: tuple[str, ...] = ("mean", "stop")
 
 
 def _token_ids() -> tuple[int, int, int]:
-    from tauml.models.gpt import PAD_ID, START_ID, STOP_ID
 
     return PAD_ID, START_ID, STOP_ID
 
