@@ -25,8 +25,11 @@ demo: install
 ## make test: lint, unit tests, then every notebook under nbval (key numbers are asserted in cells)
 test: install lint test-unit test-notebooks
 
+## make lint: ruff, the import contract (layers import downward only, pyproject.toml), notebooks stripped of outputs
 lint: install
 	$(BIN)/ruff check tauml tests benchmarks notebooks
+	$(BIN)/lint-imports
+	$(BIN)/nbstripout --verify --keep-id notebooks/*.ipynb || (echo "notebooks carry outputs: run  $(BIN)/nbstripout --keep-id notebooks/*.ipynb" && false)
 
 test-unit: install
 	$(BIN)/python -m pytest tests

@@ -328,6 +328,16 @@ class ParTBaselineConfig:
     dropout: float = 0.1
     use_lifetime: bool = False
 
+    def validate(self) -> None:
+        _check(len(self.embed_dims) >= 1 and all(d > 0 for d in self.embed_dims),
+               f"part.embed_dims={self.embed_dims}: give one or more positive widths")
+        _check(len(self.pair_embed_dims) >= 1 and all(d > 0 for d in self.pair_embed_dims),
+               f"part.pair_embed_dims={self.pair_embed_dims}: give one or more positive widths")
+        _check(self.num_heads >= 1 and self.embed_dims[-1] % self.num_heads == 0,
+               f"part.num_heads={self.num_heads} must divide the last embed_dims width {self.embed_dims[-1]}")
+        _check(self.num_layers >= 1 and self.num_cls_layers >= 1, "part needs at least one particle and one class layer")
+        _check(0.0 <= self.dropout < 1.0, f"part.dropout={self.dropout} must lie in [0, 1)")
+
 
 @dataclass(frozen=True)
 class DeepSetConfig:
@@ -338,6 +348,12 @@ class DeepSetConfig:
     n_jet_layers: int = 3
     dropout: float = 0.0
     use_lifetime: bool = False
+
+    def validate(self) -> None:
+        _check(self.width >= 1 and self.n_constituent_layers >= 1 and self.n_jet_layers >= 1,
+               f"deepset: width={self.width}, n_constituent_layers={self.n_constituent_layers} and "
+               f"n_jet_layers={self.n_jet_layers} must all be at least 1")
+        _check(0.0 <= self.dropout < 1.0, f"deepset.dropout={self.dropout} must lie in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -419,7 +435,7 @@ class Preset:
 
     def validate(self) -> Preset:
         for part in (self.generation, self.features, self.tokenizer, self.gpt, self.pretrain, self.head,
-                     self.finetune, self.scan):
+                     self.finetune, self.scan, self.part, self.deepset):
             part.validate()
         return self
 

@@ -1,0 +1,51 @@
+"""Every configuration dataclass validates itself, and a preset validates all of its parts."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import replace
+
+import pytest
+
+from tauml import config as config_module
+from tauml.config import ConfigError, DeepSetConfig, ParTBaselineConfig, get_preset
+
+
+def _config_classes() -> list[type]:
+    return [obj for _, obj in inspect.getmembers(config_module, inspect.isclass)
+            if dataclasses.is_dataclass(obj) and obj.__module__ == config_module.__name__]
+
+
+def test_every_configuration_dataclass_has_validate():
+    classes = _config_classes()
+    assert len(classes) >= 12
+    missing = [cls.__name__ for cls in classes if not callable(getattr(cls, "validate", None))]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_the_presets_are_valid(name):
+    preset = get_preset(name)
+    for field in dataclasses.fields(preset):
+        value = getattr(preset, field.name)
+        if dataclasses.is_dataclass(value):
+            value.validate()
+
+
+@pytest.mark.parametrize(("bad", "phrase"), [
+    (ParTBaselineConfig(num_heads=3), "num_heads=3"),
+    (ParTBaselineConfig(embed_dims=()), "embed_dims"),
+    (ParTBaselineConfig(dropout=1.5), "dropout"),
+    (DeepSetConfig(width=0), "width=0"),
+    (DeepSetConfig(dropout=-0.1), "dropout"),
+])
+def test_baseline_settings_that_cannot_work_are_refused(bad, phrase):
+    with pytest.raises(ConfigError, match=phrase):
+        bad.validate()
+
+
+def test_a_preset_validates_its_baselines_too():
+    preset = replace(get_preset("demo"), deepset=DeepSetConfig(n_jet_layers=0))
+    with pytest.raises(ConfigError, match="n_jet_layers=0"):
+        preset.validate()
