@@ -248,7 +248,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
             f"{path} is not a tauml backbone checkpoint (format {found!r}, expected {BACKBONE_FORMAT!r}); "
-            "write backbones with tauml.models.gpt.save_backbone"
+            "write backbones with tauml.models.checkpoints.save_backbone"
         )
     if payload.get("version") != MODEL_FORMAT_VERSION:
         raise CheckpointError(

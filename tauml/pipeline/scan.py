@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tauml import __version__
-from tauml.cache import cache_path, write_json
+from tauml.cache import cache_path, plain, write_json
 from tauml.config import (
     BASELINES,
     STRATEGIES,
@@ -74,15 +74,8 @@ def preset_key(preset: Preset | str) -> str:
     configuration).
     """
 
-    preset = _as_preset(preset)
+    preset = get_preset(preset)
     return f"{preset.name}-{model_key(preset)}"
-
-
-def _as_preset(preset: Preset | str) -> Preset:
-    if isinstance(preset, Preset):
-        return preset
-
-    return get_preset(preset)
 
 
 def point_identity(config: FinetuneConfig) -> dict[str, Any]:
@@ -117,7 +110,7 @@ class ScanStore:
     @classmethod
     def for_preset(cls, preset: Preset | str, root: str | Path | None = None) -> ScanStore:
         """The store of ``preset`` (a :class:`Preset` or its name), by default in tauml's cache."""
-        preset = _as_preset(preset)
+        preset = get_preset(preset)
         key = preset_key(preset)
         return cls(cache_path("scans", key) if root is None else root, preset_key=key, preset=preset)
 
@@ -161,7 +154,7 @@ class ScanStore:
         """
 
         data = _result_dict(result)
-        history = {str(k): [_plain_metric(x) for x in v] for k, v in (data.get("history") or {}).items()}
+        history = {str(k): [plain(x) for x in v] for k, v in (data.get("history") or {}).items()}
         trained = data.get("seconds")  # a result loaded from finetune's own cache took its original time
         record = {
             "format": SCAN_FORMAT,
@@ -170,8 +163,8 @@ class ScanStore:
             "preset_key": self.preset_key,
             "config": to_dict(config),
             "config_identity": point_identity(config),
-            "metrics": {str(k): _plain_metric(v) for k, v in data["metrics"].items()},
-            "reference": {str(k): _plain_metric(v) for k, v in (data.get("reference") or {}).items()},
+            "metrics": {str(k): plain(v) for k, v in data["metrics"].items()},
+            "reference": {str(k): plain(v) for k, v in (data.get("reference") or {}).items()},
             "history": history,
             "summary": history_summary(history, data.get("best_epoch")),
             "seconds": float(trained) if trained else (None if seconds is None else float(seconds)),
@@ -218,12 +211,6 @@ def _result_dict(result: Any) -> dict[str, Any]:
     if not isinstance(data.get("metrics"), Mapping):
         raise ValueError("the result of a scan point has no 'metrics' dict; the run function must return one")
     return dict(data)
-
-
-def _plain_metric(value: Any) -> Any:
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    return value
 
 
 def history_summary(history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> dict[str, Any]:
@@ -331,7 +318,7 @@ def build_scan(preset: Preset | str, kind: str, task: str, base: FinetuneConfig 
     becomes the preset's block count, an unfreeze epoch that does not apply becomes 0), so that equal trainings
     have equal points and run once, e.g. the block scan's deepest point and the training-size scan's
     fine-tuning point at the ablation size."""
-    preset = _as_preset(preset)
+    preset = get_preset(preset)
     if kind not in SCAN_KINDS:
         raise ConfigError(f"unknown scan kind {kind!r}; choose from {', '.join(SCAN_KINDS)}")
     if task not in TASKS:

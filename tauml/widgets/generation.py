@@ -43,7 +43,7 @@ class GenerationPanel(widgets.VBox):
     ``temperature``, ``n_jets``, ``top_k``, ``seed``: the sampling settings; ``button``: generates and redraws;
     ``summary``: an HTML text; ``output``: the figure.  After a generation, ``result`` holds the generated
     ``features`` and ``mask`` (numpy), ``seconds`` and ``jets_per_s``, the ``settings`` used and the
-    ``distances`` per observable (:func:`tauml.plots.generation.observable_distances`) to the real and to the
+    ``distances`` per observable (:func:`tauml.evaluation.generation.observable_distances`) to the real and to the
     decoded real jets; ``figure`` is the last matplotlib figure drawn (closed after display).
     """
 
@@ -154,7 +154,7 @@ def generation_panel(model: GPT, tokenizer: Any, real_features: Any, real_mask: 
                      decoded_reference: bool = True, text: str = "", generate_now: bool = True) -> GenerationPanel:
     """A widget that generates jets with ``model`` and compares them with real jets, redrawn on each click.
 
-    ``model`` is a pretrained backbone (:func:`tauml.models.gpt.load_backbone`), ``tokenizer`` the tokenizer it
+    ``model`` is a pretrained backbone (:func:`tauml.models.checkpoints.load_backbone`), ``tokenizer`` the tokenizer it
     was pretrained on; ``real_features`` ``(n, P, 10)`` and the boolean ``real_mask`` ``(n, P)`` are the real
     jets to compare with (transformed features, ``docs/conventions.md``), e.g. the validation pp jets.
     ``n_jets``, ``temperature``, ``top_k`` (None = no restriction) and ``seed`` are the first settings; the same
