@@ -34,6 +34,10 @@ STRATEGIES: tuple[str, ...] = ("from_scratch", "fixed_backbone", "fine_tuning")
 BASELINES: tuple[str, ...] = ("part", "deepset")
 
 
+#: The data sources a preset may name (:attr:`Preset.data`).
+DATA_SOURCES: tuple[str, ...] = ("generated", "files")
+
+
 class ConfigError(ValueError):
     """A setting has an impossible value; the message names the setting and what it accepts."""
 
@@ -432,8 +436,12 @@ class Preset:
     part: ParTBaselineConfig = field(default_factory=ParTBaselineConfig)
     deepset: DeepSetConfig = field(default_factory=DeepSetConfig)
     description: str = ""
+    #: Where the data come from: ``"generated"`` (generated on first use) or ``"files"`` (the released
+    #: Fu(tau)ure and JetClass files; generating instead happens only when asked for, ``tauml generate``).
+    data: str = "generated"
 
     def validate(self) -> Preset:
+        _check(self.data in DATA_SOURCES, f"data={self.data!r}; choose from {', '.join(DATA_SOURCES)}")
         for part in (self.generation, self.features, self.tokenizer, self.gpt, self.pretrain, self.head,
                      self.finetune, self.scan, self.part, self.deepset):
             part.validate()
@@ -481,6 +489,7 @@ PAPER = Preset(
     scan=ScanConfig(train_sizes=(2_000, 10_000, 100_000, 1_000_000), ablation_train_size=2000),
     part=ParTBaselineConfig(embed_dims=(256, 512, 256), pair_embed_dims=(64, 64, 64), num_heads=8),
     deepset=DeepSetConfig(width=128),
+    data="files",
 )
 
 PRESETS: dict[str, Preset] = {"demo": DEMO, "paper": PAPER}

@@ -49,3 +49,19 @@ def test_a_preset_validates_its_baselines_too():
     preset = replace(get_preset("demo"), deepset=DeepSetConfig(n_jet_layers=0))
     with pytest.raises(ConfigError, match="n_jet_layers=0"):
         preset.validate()
+
+
+def test_the_paper_preset_never_starts_generating_by_itself(monkeypatch, tmp_path):
+    from tauml import pipeline
+
+    monkeypatch.setenv("TAUML_CACHE_DIR", str(tmp_path))
+    assert get_preset("paper").data == "files" and get_preset("demo").data == "generated"
+    with pytest.raises(pipeline.DataError, match=r"tauml generate --preset paper.*core-hours"):
+        pipeline.dataset("paper")
+    assert not (tmp_path / "data").exists()  # nothing was started or created
+    assert 20 < pipeline.generation_core_hours("paper") < 100
+
+
+def test_an_unknown_data_source_is_refused():
+    with pytest.raises(ConfigError, match="data='somewhere'"):
+        replace(get_preset("demo"), data="somewhere").validate()

@@ -50,9 +50,41 @@ TASK_SAMPLES: dict[str, dict[str, tuple[str, ...]]] = {
 _preset = get_preset  # every step accepts a preset's name or a Preset
 
 
+#: Generation speed per core, events/s, measured with benchmarks/bench_generation.py (docs/generation.md); used
+#: only to tell a user what generating a large preset would cost.
+EVENTS_PER_CORE_SECOND: dict[str, float] = {"z": 145.0, "zh": 660.0, "qq": 1963.0, "ZJetsToNuNu": 150.0,
+                                            "TTBar": 142.0}
+
+
+def generation_core_hours(preset: str | Preset) -> float:
+    """The estimated CPU time [core-hours] to generate the samples of ``preset`` (from the measured speeds)."""
+    events = _preset(preset).generation.events
+    return sum(n / EVENTS_PER_CORE_SECOND.get(sample, 100.0) for sample, n in events.items()) / 3600.0
+
+
 def dataset(preset: str | Preset = "demo", progress: bool = True) -> GeneratedData:
-    """The generated dataset of ``preset`` (generated on first use, then read from the cache)."""
-    return generate_cached(_preset(preset).generation, progress=progress)
+    """The generated dataset of ``preset`` (generated on first use, then read from the cache).
+
+    A preset whose ``data`` is ``"files"`` (``paper``) never starts generating by itself: it uses a generated
+    dataset only when one is already in the cache (made on purpose with ``tauml generate --preset NAME``), and
+    otherwise stops with a message that says how to get the data.
+    """
+    p = _preset(preset)
+    if p.data == "files" and not generated_dataset_exists(p):
+        raise DataError(
+            f"preset {p.name!r} runs on the released Fu(tau)ure and JetClass files, and tauml does not start "
+            f"generating {sum(p.generation.events.values()):,} events by itself. The files download with "
+            "`tauml fetch --list` and `tauml fetch NAME` and read with tauml.data.readers (docs/data.md), but the "
+            "cached steps do not take them as input yet; to run the preset now, generate its samples on purpose "
+            f"with `tauml generate --preset {p.name}` (about {generation_core_hours(p):,.0f} core-hours, "
+            "parallel over the usable cores), or use the demo preset"
+        )
+    return generate_cached(p.generation, progress=progress)
+
+
+def generated_dataset_exists(preset: str | Preset) -> bool:
+    """Whether the generated dataset of ``preset`` is already complete in the cache (nothing is created)."""
+    return (cache_dir() / "data" / data_key(preset) / "manifest.json").is_file()
 
 
 @lru_cache(maxsize=16)
