@@ -1,0 +1,133 @@
+"""Verdicts that the numbers support: is model A better than model B, beyond the run-to-run noise?
+
+Training is not bit-reproducible across machines (CPU kernels differ, and small differences grow through
+training), so a finding must hold beyond the spread over seeds, not only in one run.  The rule:
+
+* each model is trained with several seeds; its value is the mean over seeds, its uncertainty the standard
+  error of that mean, ``s / sqrt(n)`` with ``s`` the sample standard deviation (``ddof=1``);
+* where the metric is also a count on a finite test set (the mis-ID rate: Poisson, ``sqrt(k) / n``), that
+  counting error is added in quadrature (the seeds share one test set, so it does not shrink with more seeds);
+* the difference ``d = A - B`` (signed so that positive means A is better) has the uncertainty
+  ``sigma = sqrt(se_A^2 + se_B^2 + stat_A^2 + stat_B^2)``;
+* the verdict is **better** when ``d > 2 sigma``, **worse** when ``d < -2 sigma``, and otherwise **no
+  significant difference** (about 95 % one-sided confidence for Gaussian errors; with three seeds the standard
+  error is itself uncertain, which ``k = 2`` leaves room for);
+* with fewer than two seeds and no counting error there is no uncertainty to compare with: the verdict is
+  **undetermined** and the text says so.
+
+    compare([0.021, 0.019, 0.020], [0.030, 0.026, 0.034], higher_is_better=False)
+    # Comparison(verdict='better', difference=0.0100, uncertainty=0.0024, ...)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: How many combined standard errors a difference must exceed to count (the rule above).
+SIGNIFICANCE = 2.0
+BETTER, WORSE, NO_DIFFERENCE, UNDETERMINED = "better", "worse", "no significant difference", "undetermined"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A model's metric over seeds: ``mean``, sample standard deviation ``std`` (ddof=1; 0 for one seed),
+    standard error of the mean ``sem``, the number of seeds ``n`` and the counting error ``stat`` (0 if none)."""
+
+    mean: float
+    std: float
+    sem: float
+    n: int
+    stat: float = 0.0
+
+    def text(self, digits: int = 3) -> str:
+        """``mean ± std`` over seeds (and ``± stat`` counting error), e.g. ``0.0213 ± 0.0021 (3 seeds)``."""
+        out = f"{self.mean:.{digits}g}"
+        if self.n > 1:
+            out += f" ± {self.std:.2g} ({self.n} seeds)"
+        else:
+            out += " (1 seed)"
+        if self.stat > 0:
+            out += f" ± {self.stat:.2g} (stat.)"
+        return out
+
+
+def summarize(values: Sequence[float], stat: float = 0.0) -> Summary:
+    """Mean, spread and standard error of one model's metric over seeds (NaN values are refused)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) == 0:
+        raise ValueError(f"give the metric of each seed as a flat list of numbers, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"the metric values {array.tolist()} contain NaN or infinity; a training diverged")
+    n = len(array)
+    std = float(array.std(ddof=1)) if n > 1 else 0.0
+    return Summary(mean=float(array.mean()), std=std, sem=std / math.sqrt(n) if n > 1 else 0.0, n=n,
+                   stat=float(stat))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A against B on one metric: the summaries, the signed difference (positive = A better), its uncertainty,
+    the relative change of A over B (positive = better) and the verdict (:data:`BETTER`, :data:`WORSE`,
+    :data:`NO_DIFFERENCE` or :data:`UNDETERMINED`)."""
+
+    a: Summary
+    b: Summary
+    higher_is_better: bool
+    difference: float
+    uncertainty: float
+    relative: float
+    verdict: str
+
+    @property
+    def significance(self) -> float:
+        """``difference / uncertainty`` (infinite when the uncertainty is zero and the difference is not)."""
+        if self.uncertainty > 0:
+            return self.difference / self.uncertainty
+        return math.copysign(math.inf, self.difference) if self.difference else 0.0
+
+    def text(self) -> str:
+        """The verdict with its evidence, e.g. ``better (+38 % ± 9 %, 4.2σ)``."""
+        if self.verdict == UNDETERMINED:
+            return f"undetermined ({self.relative:+.0%} from one seed; no spread to compare with)"
+        scale = abs(self.b.mean) or 1.0
+        return (f"{self.verdict} ({self.relative:+.0%} ± {self.uncertainty / scale:.0%}, "
+                f"{self.significance:+.1f}σ)")
+
+
+def compare(a: Sequence[float] | Summary, b: Sequence[float] | Summary, higher_is_better: bool,
+            stat_a: float = 0.0, stat_b: float = 0.0, k: float = SIGNIFICANCE) -> Comparison:
+    """The verdict of A against B (see the module's rule).  ``a``/``b`` are the metric per seed (or a
+    :class:`Summary`); ``stat_*`` their counting errors."""
+    sa = a if isinstance(a, Summary) else summarize(a, stat_a)
+    sb = b if isinstance(b, Summary) else summarize(b, stat_b)
+    sign = 1.0 if higher_is_better else -1.0
+    difference = sign * (sa.mean - sb.mean)
+    uncertainty = math.sqrt(sa.sem**2 + sb.sem**2 + sa.stat**2 + sb.stat**2)
+    relative = difference / abs(sb.mean) if sb.mean else math.copysign(math.inf, difference) if difference else 0.0
+    if uncertainty == 0.0 and (sa.n < 2 or sb.n < 2):
+        verdict = UNDETERMINED
+    elif difference > k * uncertainty:
+        verdict = BETTER
+    elif difference < -k * uncertainty:
+        verdict = WORSE
+    else:
+        verdict = NO_DIFFERENCE
+    return Comparison(a=sa, b=sb, higher_is_better=higher_is_better, difference=difference,
+                      uncertainty=uncertainty, relative=relative, verdict=verdict)
+
+
+def best_of(values: dict[object, Sequence[float]], higher_is_better: bool,
+            k: float = SIGNIFICANCE) -> tuple[object, list[object]]:
+    """The option with the best mean, and every option not significantly worse than it (the "tied for best"
+    set, the best included), by the rule of :func:`compare`."""
+    if not values:
+        raise ValueError("no options to rank")
+    summaries = {key: summarize(v) for key, v in values.items()}
+    best = (max if higher_is_better else min)(summaries, key=lambda key: summaries[key].mean)
+    tied = [key for key in summaries
+            if key == best or compare(summaries[key], summaries[best], higher_is_better, k=k).verdict != WORSE]
+    return best, tied

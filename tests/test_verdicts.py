@@ -1,0 +1,70 @@
+"""The verdict rule: better/worse only beyond twice the combined uncertainty of the two means."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tauml.evaluation.verdicts import (
+    BETTER,
+    NO_DIFFERENCE,
+    UNDETERMINED,
+    WORSE,
+    best_of,
+    compare,
+    summarize,
+)
+
+
+def test_summary_is_mean_sample_std_and_standard_error():
+    s = summarize([1.0, 2.0, 3.0])
+    assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)
+    assert s.sem == pytest.approx(1.0 / math.sqrt(3))
+    assert summarize([5.0]).std == 0.0 and summarize([5.0]).sem == 0.0
+
+
+def test_hand_computed_difference_and_uncertainty():
+    # A: mean 0.02, std 0.001 -> sem 0.001/sqrt(3); B: mean 0.03, std 0.004 -> sem 0.004/sqrt(3)
+    c = compare([0.019, 0.020, 0.021], [0.026, 0.030, 0.034], higher_is_better=False)
+    expected_sigma = math.sqrt((0.001**2 + 0.004**2) / 3)
+    assert c.difference == pytest.approx(0.010)
+    assert c.uncertainty == pytest.approx(expected_sigma)
+    assert c.verdict == BETTER  # 0.010 > 2 x 0.00238
+    assert c.relative == pytest.approx(0.010 / 0.030)
+    assert compare([0.026, 0.030, 0.034], [0.019, 0.020, 0.021], higher_is_better=False).verdict == WORSE
+
+
+def test_direction_matters():
+    assert compare([0.9, 0.91, 0.92], [0.8, 0.81, 0.82], higher_is_better=True).verdict == BETTER
+    assert compare([0.9, 0.91, 0.92], [0.8, 0.81, 0.82], higher_is_better=False).verdict == WORSE
+
+
+def test_overlapping_seeds_give_no_significant_difference():
+    c = compare([0.021, 0.035, 0.028], [0.024, 0.031, 0.027], higher_is_better=False)
+    assert c.verdict == NO_DIFFERENCE
+
+
+def test_counting_error_is_added_and_can_erase_a_difference():
+    a, b = [0.010, 0.010, 0.010], [0.012, 0.012, 0.012]
+    assert compare(a, b, higher_is_better=False).verdict == BETTER  # no spread at all
+    noisy = compare(a, b, higher_is_better=False, stat_a=0.002, stat_b=0.002)
+    assert noisy.uncertainty == pytest.approx(math.sqrt(2) * 0.002)
+    assert noisy.verdict == NO_DIFFERENCE
+
+
+def test_one_seed_without_counting_error_is_undetermined():
+    c = compare([0.02], [0.03], higher_is_better=False)
+    assert c.verdict == UNDETERMINED and "one seed" in c.text()
+    assert compare([0.02], [0.03], higher_is_better=False, stat_a=0.001, stat_b=0.001).verdict == BETTER
+
+
+def test_best_of_keeps_every_option_tied_with_the_best():
+    values = {1: [0.50, 0.52, 0.51], 2: [0.60, 0.61, 0.59], 3: [0.605, 0.58, 0.62]}
+    best, tied = best_of(values, higher_is_better=True)
+    assert best == 3 and sorted(tied) == [2, 3]  # means 0.51, 0.600, 0.602
+
+
+def test_nan_is_refused():
+    with pytest.raises(ValueError, match="diverged"):
+        summarize([0.1, float("nan")])
