@@ -196,10 +196,10 @@ def test_comparison_study_tables_and_figures(tiny_preset, built):
     rows = studies.headline_rows(results)
     assert {r["model"] for r in rows} >= {"from_scratch", "fine_tuning", "part", "reco-jet pT (no learning)"}
     lines = studies.beats_reference(results)
-    assert len(lines) == 6 and all((" beats " in line) != (" does NOT beat " in line) for line in lines)
+    assert len(lines) == 6 and all("(one seed) compares with" in line for line in lines)  # one seed: no verdict
     claims = studies.claims_rows(results)
     assert any("narrows the pT resolution" in c["claim"] for c in claims)
-    assert all(c["agrees in sign"] in ("yes", "no") for c in claims)
+    assert all(c["agrees"] == "undetermined" for c in claims)  # one seed each: no spread to judge by
     figures = studies.comparison_figures(results, save_prefix=None)
     assert {"reg_val_loss", "reg_response", "reg_resolution_vs_pt", "dm_confusion_counting"} <= set(figures)
 
@@ -212,7 +212,7 @@ def test_ablations_and_the_scan_explorer(tiny_preset, built):
                                     workers=1)
     assert len(records["blocks"]["reg"]) == 2 * len(tiny_preset.scan.seeds)
     claims = studies.ablation_claims_rows(records, epochs=tiny_preset.finetune.epochs)
-    assert {c["agrees"] for c in claims} <= {"yes", "no"} and len(claims) == 2
+    assert {c["agrees"] for c in claims} <= {"yes", "no", "not significant"} and len(claims) == 2
     explorer = scan_explorer(records, epochs=tiny_preset.finetune.epochs)
     first = explorer.output.outputs
     assert len(first) == 1 and "image/png" in first[0]["data"]

@@ -8,12 +8,16 @@ Every point is cached in the preset's scan store (:mod:`tauml.pipeline.scan`): a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tauml.config import STRATEGIES, TASKS, Preset, get_preset
-from tauml.evaluation.tasks import HEADLINE
-from tauml.pipeline.scan import METRIC_HIGHER_IS_BETTER, ScanStore, build_scan, run_scan, summarize
+from tauml.evaluation.metrics import misid_statistical_error
+from tauml.evaluation.tasks import HEADLINE, METRIC_HIGHER_IS_BETTER
+from tauml.evaluation.verdicts import BETTER, NO_DIFFERENCE, SIGNIFICANCE, WORSE, Summary, compare
+from tauml.evaluation.verdicts import summarize as verdict_summary
+from tauml.pipeline.scan import ScanStore, build_scan, run_scan, summarize
 
 SCAN_KINDS: tuple[str, ...] = ("unfreeze", "blocks", "train_size")
 #: The setting each scan varies.
@@ -43,47 +47,79 @@ def run_ablations(preset: str | Preset, tasks: Sequence[str] = TASKS, kinds: Seq
             for kind, by_task in plan.items()}
 
 
+def _counting_error(points: Sequence[Mapping[str, Any]], metric: str, mean: float) -> float:
+    """The counting error of a mean mis-ID rate on the shared test set (0 for other metrics)."""
+    n_background = next((p["metrics"].get("n_background") for p in points if "n_background" in p["metrics"]), None)
+    return misid_statistical_error(mean, n_background) if metric == "misid_at_80" and n_background else 0.0
+
+
+def _summaries(points: Sequence[Mapping[str, Any]], by: str, metric: str,
+               strategy: str | None = None) -> dict[Any, Summary]:
+    """The metric's summary over seeds for each value of ``by`` (one strategy), counting error included."""
+    rows = [r for r in summarize(points, by, metric) if strategy is None or r["strategy"] == strategy]
+    return {r[by]: verdict_summary(r["values"], _counting_error(points, metric, r["mean"])) for r in rows}
+
+
+def _agreement(verdicts: Sequence[str]) -> str:
+    """``yes`` when every comparison the claim needs is significant in its favour, ``no`` when one goes
+    significantly against it, else ``not significant``."""
+    if any(v == WORSE for v in verdicts):
+        return "no"
+    if verdicts and all(v == BETTER for v in verdicts):
+        return "yes"
+    return "not significant"
+
+
 def ablation_claims_rows(records: Records, epochs: int) -> list[dict[str, Any]]:
-    """The core paper's ablation claims (its Section 3.4 and Fig. 4) beside the scans of this run.
+    """The core paper's ablation claims (its Section 3.4 and Fig. 4) beside the scans of this run, each with a
+    verdict from the seed spread (:mod:`tauml.evaluation.verdicts`).
 
-    Unfreezing after about half of the epochs beats unfreezing at once and never; all pretrained GPT blocks
-    beat fewer; the gain of fine-tuning over training from scratch shrinks as the training set grows.
+    * unfreezing after about half of the epochs beats unfreezing at once and never: both comparisons must be
+      significant;
+    * using all pretrained GPT blocks is best: all blocks significantly better than one block, and no block
+      count significantly better than all;
+    * the gain of fine-tuning over training from scratch shrinks as the training set grows: the relative gain at
+      the smallest size exceeds the one at the largest by more than twice their combined uncertainty.
     """
-
     rows = []
     for task in records.get("unfreeze", {}):
         metric, higher = HEADLINE[task]
-        means = {r["unfreeze_epoch"]: r["mean"] for r in summarize(records["unfreeze"][task], "unfreeze_epoch", metric)
-                 if r["strategy"] == "fine_tuning"}
-        best = (max if higher else min)(means, key=means.get)
-        half = min(means, key=lambda e: abs(e - epochs / 2))
-        beats = all((means[half] > means[e]) if higher else (means[half] < means[e]) for e in (0, epochs) if e in means)
+        by_epoch = _summaries(records["unfreeze"][task], "unfreeze_epoch", metric, "fine_tuning")
+        half = min(by_epoch, key=lambda e: abs(e - epochs / 2))
+        best = (max if higher else min)(by_epoch, key=lambda e: by_epoch[e].mean)
+        versus = {e: compare(by_epoch[half], by_epoch[e], higher) for e in (0, epochs) if e in by_epoch and e != half}
         rows.append({"claim": f"{task}: unfreezing at about half of the epochs beats at once and never",
-                     "paper": "yes", "this run": f"best at epoch {best} of {epochs}",
-                     "agrees": "yes" if beats else "no"})
+                     "paper": "yes", "this run": f"best mean at epoch {best} of {epochs}; epoch {half} "
+                     + ", ".join(f"vs {e}: {c.text()}" for e, c in versus.items()),
+                     "agrees": _agreement([c.verdict for c in versus.values()])})
     for task in records.get("blocks", {}):
         metric, higher = HEADLINE[task]
-        means = {r["n_gpt_blocks"]: r["mean"] for r in summarize(records["blocks"][task], "n_gpt_blocks", metric)}
-        best = (max if higher else min)(means, key=means.get)
+        by_blocks = _summaries(records["blocks"][task], "n_gpt_blocks", metric)
+        most, fewest = max(by_blocks), min(by_blocks)
+        best = (max if higher else min)(by_blocks, key=lambda b: by_blocks[b].mean)
+        against_fewest = compare(by_blocks[most], by_blocks[fewest], higher).verdict if fewest != most else BETTER
+        beaten = [b for b in by_blocks if b != most and compare(by_blocks[b], by_blocks[most], higher).verdict == BETTER]
+        agrees = "no" if beaten else _agreement([against_fewest])
         rows.append({"claim": f"{task}: using all pretrained GPT blocks is best", "paper": "yes",
-                     "this run": f"best with {best} of {max(means)} blocks",
-                     "agrees": "yes" if best == max(means) else "no"})
+                     "this run": f"best mean with {best} of {most} blocks; {most} vs {fewest}: {against_fewest}",
+                     "agrees": agrees})
     for task in records.get("train_size", {}):
         metric, _ = HEADLINE[task]
         higher = METRIC_HIGHER_IS_BETTER[metric]
-        rows_t = summarize(records["train_size"][task], "train_size", metric)
-        curve = {(r["strategy"], r["train_size"]): r["mean"] for r in rows_t}
-        sizes = sorted({r["train_size"] for r in rows_t})
-        if ("fine_tuning", sizes[0]) not in curve or ("from_scratch", sizes[0]) not in curve:
+        points = records["train_size"][task]
+        tuned = _summaries(points, "train_size", metric, "fine_tuning")
+        scratch = _summaries(points, "train_size", metric, "from_scratch")
+        sizes = sorted(set(tuned) & set(scratch))
+        if len(sizes) < 2:
             continue
-        small, large = (_relative_gain(curve[("fine_tuning", n)], curve[("from_scratch", n)], higher)
-                        for n in (sizes[0], sizes[-1]))
+        small, large = (compare(tuned[n], scratch[n], higher) for n in (sizes[0], sizes[-1]))
+        gain = [(c.relative, c.uncertainty / abs(c.b.mean)) for c in (small, large)]
+        sigma = math.hypot(gain[0][1], gain[1][1])
+        difference = gain[0][0] - gain[1][0]
+        verdict = BETTER if difference > SIGNIFICANCE * sigma else WORSE if difference < -SIGNIFICANCE * sigma \
+            else NO_DIFFERENCE
         rows.append({"claim": f"{task}: the gain of fine-tuning over from scratch shrinks with more labelled jets",
-                     "paper": "yes", "this run": f"{100 * small:+.1f} % at {sizes[0]}, {100 * large:+.1f} % at {sizes[-1]}",
-                     "agrees": "yes" if small > large else "no"})
+                     "paper": "yes", "this run": f"{gain[0][0]:+.1%} ± {gain[0][1]:.1%} at {sizes[0]}, "
+                     f"{gain[1][0]:+.1%} ± {gain[1][1]:.1%} at {sizes[-1]}",
+                     "agrees": _agreement([verdict])})
     return rows
-
-
-def _relative_gain(value: float, reference: float, higher_is_better: bool) -> float:
-    """How much better ``value`` is than ``reference``, relative (positive = better)."""
-    return (value - reference) / abs(reference) if higher_is_better else (reference - value) / reference

@@ -19,7 +19,16 @@ import numpy as np
 
 from tauml.config import BASELINES, STRATEGIES, TASKS, Preset, get_preset
 from tauml.evaluation.metrics import confusion_matrix, misid_statistical_error
-from tauml.evaluation.tasks import HEADLINE, METRIC_LABELS
+from tauml.evaluation.tasks import HEADLINE, METRIC_HIGHER_IS_BETTER, METRIC_LABELS
+from tauml.evaluation.verdicts import (
+    BETTER,
+    NO_DIFFERENCE,
+    UNDETERMINED,
+    WORSE,
+    Comparison,
+    compare,
+    summarize,
+)
 from tauml.pipeline.finetuning import FinetuneResult, finetune_many
 from tauml.plots import save
 from tauml.plots import tau as tplots
@@ -44,11 +53,14 @@ def run_comparison(preset: str | Preset, tasks: Sequence[str] = TASKS,
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values))
+    """Mean and sample standard deviation (ddof=1, 0 for one seed) over seeds."""
+    s = summarize(values)
+    return s.mean, s.std
 
 
 def headline_rows(results: Results) -> list[dict[str, Any]]:
-    """One row per (task, model) with mean ± std of the task's metrics, then the no-learning reference."""
+    """One row per (task, model) with mean ± std over seeds (sample std) of the task's metrics, then the
+    no-learning reference."""
     rows = []
     for task, by_model in results.items():
         reference = None
@@ -80,65 +92,95 @@ def headline_rows(results: Results) -> list[dict[str, Any]]:
     return rows
 
 
+def _values(results: Results, task: str, model: str, metric: str) -> list[float]:
+    return [float(r.metrics[metric]) for r in results.get(task, {}).get(model) or []]
+
+
+def _counting_error(results: Results, task: str, model: str, metric: str) -> float:
+    """The counting error of the mean mis-ID rate (the seeds share one test set); 0 for other metrics."""
+    runs = results.get(task, {}).get(model) or []
+    if metric != "misid_at_80" or not runs or "n_background" not in runs[0].metrics:
+        return 0.0
+    return misid_statistical_error(float(np.mean(_values(results, task, model, metric))),
+                                   runs[0].metrics["n_background"])
+
+
+def model_comparison(results: Results, task: str, a: str, b: str, metric: str | None = None) -> Comparison | None:
+    """Model ``a`` against model ``b`` on ``task``'s headline metric (or ``metric``), over their seeds, with the
+    verdict rule of :mod:`tauml.evaluation.verdicts`; None when either model is missing."""
+    metric = metric or HEADLINE[task][0]
+    va, vb = _values(results, task, a, metric), _values(results, task, b, metric)
+    if not va or not vb:
+        return None
+    return compare(va, vb, METRIC_HIGHER_IS_BETTER[metric], _counting_error(results, task, a, metric),
+                   _counting_error(results, task, b, metric))
+
+
 def beats_reference(results: Results) -> list[str]:
-    """Sentences saying, for reg and dm, which models beat the no-learning reference and which do not."""
+    """Sentences saying, for reg and dm, whether each model beats the no-learning reference beyond its seed
+    spread (the reference itself needs no training and has no seed spread)."""
     lines = []
-    for task, key, ref_key, better in (("reg", "resolution", "resolution", "smaller"),
-                                       ("dm", "accuracy", "accuracy", "larger")):
+    for task, key, what in (("reg", "resolution", "reco-jet pT"), ("dm", "accuracy", "counting candidates")):
         if task not in results:
             continue
         for model, runs in results[task].items():
             if not runs:
                 continue
-            value = float(np.mean([r.metrics[key] for r in runs]))
-            ref = runs[0].reference[ref_key]
-            ok = value < ref if better == "smaller" else value > ref
-            what = "reco-jet pT" if task == "reg" else "counting candidates"
-            lines.append(f"{task}: {model} {'beats' if ok else 'does NOT beat'} {what} "
-                         f"({key} {value:.4g} vs {ref:.4g})")
+            ref = float(runs[0].reference[key])
+            c = compare(_values(results, task, model, key), [ref], METRIC_HIGHER_IS_BETTER[key])
+            word = {BETTER: "beats", WORSE: "is worse than", NO_DIFFERENCE: "does not significantly beat",
+                    UNDETERMINED: "(one seed) compares with"}[c.verdict]
+            lines.append(f"{task}: {model} {word} {what} ({key} {c.a.text(4)} vs {ref:.4g})")
     return lines
 
 
-def _headline(results: Results, task: str, model: str) -> float | None:
-    runs = results.get(task, {}).get(model) or []
-    return float(np.mean([r.metrics[HEADLINE[task][0]] for r in runs])) if runs else None
+#: The core paper's claims that notebook 03 tests: (task, model A, model B, the claim, the paper's number).
+PAPER_CLAIMS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("reg", "fine_tuning", "from_scratch", "fine-tuning narrows the pT resolution vs from scratch", "~50 %"),
+    ("id", "fine_tuning", "from_scratch", "fine-tuning lowers the mis-ID at 80 % vs from scratch", "~20 %"),
+    ("dm", "fine_tuning", "from_scratch", "fine-tuning raises the decay-mode AUC vs from scratch", "> 0"),
+    ("id", "part", "fine_tuning", "ParT lowers the mis-ID at 80 % vs fine-tuning", "~70 % (large samples)"),
+    ("dm", "part", "fine_tuning", "ParT raises the decay-mode AUC vs fine-tuning", "~5 % (large samples)"),
+    ("reg", "fine_tuning", "part", "fine-tuning narrows the pT resolution vs ParT", "~30 %"),
+)
+
+
+def agreement(verdict: str) -> str:
+    """Whether a verdict on "A is better than B" agrees with a paper that says it is: ``yes`` (better beyond
+    the noise), ``no`` (worse beyond the noise), ``not significant`` or ``undetermined`` (one seed)."""
+    return {BETTER: "yes", WORSE: "no", NO_DIFFERENCE: "not significant", UNDETERMINED: "undetermined"}[verdict]
 
 
 def claims_rows(results: Results) -> list[dict[str, Any]]:
-    """The core paper's claims (arXiv:2503.19165; ``physics.md``) beside the numbers of this run.
+    """The core paper's claims (arXiv:2503.19165, Section 3.3) beside this run, each with its verdict.
 
-    ``change`` is the relative improvement of the first model over the second (positive = better).
+    ``this run`` is the relative improvement of A over B (positive = better) with its uncertainty and
+    significance; ``verdict`` follows :mod:`tauml.evaluation.verdicts` (better / worse only beyond twice the
+    combined standard error of the seed means and the counting error); ``agrees`` says whether that verdict
+    supports the paper's claim (``not significant`` when the run cannot tell).
     """
-    def improvement(task: str, a: str, b: str) -> float | None:
-        va, vb = _headline(results, task, a), _headline(results, task, b)
-        if va is None or vb is None or vb == 0:
-            return None
-        higher = HEADLINE[task][1]
-        return (va - vb) / abs(vb) if higher else (vb - va) / vb
-
-    claims = [
-        ("reg", "fine_tuning", "from_scratch", "fine-tuning narrows the pT resolution vs from scratch", "~50 %"),
-        ("id", "fine_tuning", "from_scratch", "fine-tuning lowers the mis-ID at 80 % vs from scratch", "~20 %"),
-        ("dm", "fine_tuning", "from_scratch", "fine-tuning raises the decay-mode AUC vs from scratch", "> 0"),
-        ("id", "part", "fine_tuning", "ParT lowers the mis-ID at 80 % vs fine-tuning", "~70 % (large samples)"),
-        ("dm", "part", "fine_tuning", "ParT raises the decay-mode AUC vs fine-tuning", "~5 % (large samples)"),
-        ("reg", "fine_tuning", "part", "fine-tuning narrows the pT resolution vs ParT", "~30 %"),
-    ]
     rows = []
-    for task, a, b, text, paper in claims:
-        change = improvement(task, a, b)
-        if change is None:
+    for task, a, b, text, paper in PAPER_CLAIMS:
+        c = model_comparison(results, task, a, b)
+        if c is None:
             continue
-        rows.append({"claim": text, "paper": paper, "this run": f"{100 * change:+.1f} %",
-                     "agrees in sign": "yes" if change > 0 else "no"})
+        rows.append({"claim": text, "paper": paper, "this run": f"{c.relative:+.1%} ± {c.uncertainty / abs(c.b.mean):.1%}",
+                     "verdict": c.verdict, "agrees": agreement(c.verdict)})
     for task in results:
-        values = {m: _headline(results, task, m) for m in STRATEGIES}
-        if all(v is not None for v in values.values()):
-            higher = HEADLINE[task][1]
-            worst = (min if higher else max)(values, key=values.get)
-            rows.append({"claim": f"{task}: the fixed backbone is the worst of the three strategies",
-                         "paper": "yes", "this run": f"worst: {worst}",
-                         "agrees in sign": "yes" if worst == "fixed_backbone" else "no"})
+        if not all(_values(results, task, m, HEADLINE[task][0]) for m in STRATEGIES):
+            continue
+        versus = {m: model_comparison(results, task, "fixed_backbone", m) for m in STRATEGIES if m != "fixed_backbone"}
+        verdicts = {m: c.verdict for m, c in versus.items()}
+        if all(v == WORSE for v in verdicts.values()):
+            agrees, verdict = "yes", "worst beyond the noise"
+        elif any(v == BETTER for v in verdicts.values()):
+            agrees, verdict = "no", "better than " + ", ".join(m for m, v in verdicts.items() if v == BETTER)
+        else:
+            agrees = "undetermined" if UNDETERMINED in verdicts.values() else "not significant"
+            verdict = "not worse than both beyond the noise"
+        rows.append({"claim": f"{task}: the fixed backbone is the worst of the three strategies", "paper": "yes",
+                     "this run": ", ".join(f"vs {m}: {c.relative:+.1%}" for m, c in versus.items()),
+                     "verdict": verdict, "agrees": agrees})
     return rows
 
 

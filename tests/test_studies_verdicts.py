@@ -1,0 +1,80 @@
+"""The claims tables of notebooks 03 and 04 state a verdict only where the seed spread supports it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tauml.config import get_preset
+from tauml.pipeline.finetuning import FinetuneResult
+from tauml.studies import ablations, finetuning
+
+
+def _result(task: str, model: str, seed: int, **metrics: float) -> FinetuneResult:
+    config = replace(get_preset("demo").finetune, task=task, strategy=model, seed=seed)
+    return FinetuneResult(config=config, history={}, best_epoch=0, metrics=metrics,
+                          reference={"resolution": 0.03, "median": 1.0, "accuracy": 0.7})
+
+
+def _results(values: dict[str, list[float]], task: str = "reg", metric: str = "resolution"):
+    return {task: {m: [_result(task, m, s + 1, **{metric: v}) for s, v in enumerate(vs)] for m, vs in values.items()}}
+
+
+def _row(rows, text):
+    return next(r for r in rows if text in r["claim"])
+
+
+def test_a_clear_gain_agrees_and_a_gain_inside_the_noise_does_not():
+    clear = _results({"fine_tuning": [0.020, 0.021, 0.019], "from_scratch": [0.030, 0.031, 0.029]})
+    row = _row(finetuning.claims_rows(clear), "narrows the pT resolution vs from scratch")
+    assert row["verdict"] == "better" and row["agrees"] == "yes"
+    noisy = _results({"fine_tuning": [0.020, 0.030, 0.025], "from_scratch": [0.026, 0.022, 0.029]})
+    row = _row(finetuning.claims_rows(noisy), "narrows the pT resolution vs from scratch")
+    assert row["verdict"] == "no significant difference" and row["agrees"] == "not significant"
+    reverse = _results({"fine_tuning": [0.030, 0.031, 0.029], "from_scratch": [0.020, 0.021, 0.019]})
+    assert _row(finetuning.claims_rows(reverse), "vs from scratch")["agrees"] == "no"
+
+
+def test_the_counting_error_of_the_mis_id_rate_enters_the_verdict():
+    def misid(values, n_background):
+        return {"id": {m: [_result("id", m, s + 1, misid_at_80=v, n_background=n_background)
+                           for s, v in enumerate(vs)] for m, vs in values.items()}}
+    values = {"fine_tuning": [0.010, 0.010, 0.010], "from_scratch": [0.012, 0.012, 0.012]}
+    few = _row(finetuning.claims_rows(misid(values, 500)), "lowers the mis-ID")
+    many = _row(finetuning.claims_rows(misid(values, 5_000_000)), "lowers the mis-ID")
+    assert few["agrees"] == "not significant" and many["agrees"] == "yes"
+
+
+def test_the_fixed_backbone_is_worst_only_beyond_the_noise():
+    worst = _results({"from_scratch": [0.025, 0.026, 0.024], "fixed_backbone": [0.035, 0.036, 0.034],
+                      "fine_tuning": [0.020, 0.021, 0.019]})
+    assert _row(finetuning.claims_rows(worst), "fixed backbone is the worst")["agrees"] == "yes"
+    tied = _results({"from_scratch": [0.025, 0.030, 0.035], "fixed_backbone": [0.031, 0.029, 0.033],
+                     "fine_tuning": [0.020, 0.021, 0.019]})
+    assert _row(finetuning.claims_rows(tied), "fixed backbone is the worst")["agrees"] == "not significant"
+
+
+def test_beating_the_reference_needs_the_seed_spread():
+    lines = finetuning.beats_reference(_results({"fine_tuning": [0.020, 0.021, 0.019]}))
+    assert lines == ["reg: fine_tuning beats reco-jet pT (resolution 0.02 ± 0.001 (3 seeds) vs 0.03)"]
+
+
+def _point(task, strategy, metric, value, seed, **setting):
+    config = {"task": task, "strategy": strategy, "seed": seed, "unfreeze_epoch": 10, "n_gpt_blocks": 3,
+              "train_size": 2000, **setting}
+    return {"config": config, "metrics": {metric: value}}
+
+
+def test_ablation_claims_use_the_seed_spread():
+    unfreeze = [_point("reg", "fine_tuning", "resolution", v + 0.0001 * s, s, unfreeze_epoch=e)
+                for e, v in ((0, 0.030), (10, 0.020), (20, 0.031)) for s in (1, 2, 3)]
+    blocks = [_point("reg", "fine_tuning", "resolution", v + 0.004 * (s - 2), s, n_gpt_blocks=b)
+              for b, v in ((1, 0.022), (2, 0.021), (3, 0.020)) for s in (1, 2, 3)]
+    sizes = [_point("reg", strategy, "resolution", v * (1 + 0.01 * (s - 2)), s, train_size=n)
+             for strategy, by_size in (("fine_tuning", {250: 0.020, 2000: 0.018}),
+                                       ("from_scratch", {250: 0.040, 2000: 0.019}))
+             for n, v in by_size.items() for s in (1, 2, 3)]
+    rows = ablations.ablation_claims_rows({"unfreeze": {"reg": unfreeze}, "blocks": {"reg": blocks},
+                                           "train_size": {"reg": sizes}}, epochs=20)
+    assert _row(rows, "unfreezing at about half")["agrees"] == "yes"
+    assert _row(rows, "all pretrained GPT blocks")["agrees"] == "not significant"  # 0.004 spread, 0.001 steps
+    assert _row(rows, "shrinks with more labelled jets")["agrees"] == "yes"  # +50 % at 250, +5 % at 2000
