@@ -78,3 +78,18 @@ def test_ablation_claims_use_the_seed_spread():
     assert _row(rows, "unfreezing at about half")["agrees"] == "yes"
     assert _row(rows, "all pretrained GPT blocks")["agrees"] == "not significant"  # 0.004 spread, 0.001 steps
     assert _row(rows, "shrinks with more labelled jets")["agrees"] == "yes"  # +50 % at 250, +5 % at 2000
+
+
+def test_the_embedding_claim_reads_every_seed():
+    from tauml.studies import embeddings
+
+    def scores(untrained, pretrained, fine_tuned):
+        rows = [{"model": m, "block": 3, "knn_accuracy": v, "silhouette": 0.0, "chance": 0.4, "n_jets": 10_000}
+                for m, v in (("untrained", untrained), ("pretrained", pretrained), ("fine_tuned", fine_tuned))]
+        return {"dm": rows}
+
+    by_seed = {1: scores(0.50, 0.52, 0.80), 2: scores(0.53, 0.50, 0.79), 3: scores(0.51, 0.53, 0.81)}
+    reading = embeddings.claim_reading_over_seeds(by_seed, kind="dm")
+    assert [r["step"] for r in reading] == ["untrained -> pretrained", "pretrained -> fine_tuned"]
+    assert [r["verdict"] for r in reading] == ["no significant difference", "better"]
+    assert reading[1]["seeds"] == 3 and "(3 seeds)" in reading[1]["kNN after"]

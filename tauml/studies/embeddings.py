@@ -33,9 +33,10 @@ from tauml.config import Preset, get_preset
 from tauml.data import DataError
 from tauml.data.features import JetArrays
 from tauml.evaluation.embeddings import embedding_scores, jet_embeddings, tsne
+from tauml.evaluation.verdicts import compare
 from tauml.models.checkpoints import load_backbone
 from tauml.models.gpt import GPT
-from tauml.pipeline.finetuning import MODEL_FILE, build_model, finetune, resolve
+from tauml.pipeline.finetuning import MODEL_FILE, build_model, finetune, load_model_state, resolve
 from tauml.plots.embeddings import MODEL_LABELS, scatter_tsne
 
 #: The three levels of training, in the order of the paper's Fig. 6 (keys of tauml.plots.embeddings.MODEL_LABELS).
@@ -69,7 +70,7 @@ def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int 
         raise DataError(f"the fine-tuning of {task!r} (seed {seed}) has no saved model: it stopped before its "
                         f"last epoch; call tauml.pipeline.finetune again to finish it")
     model = build_model(p, config)
-    model.load_state_dict(torch.load(result.folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_model_state(result.folder))
     return {"untrained": untrained, "pretrained": pretrained, "fine_tuned": model.backbone.eval()}
 
 
@@ -253,6 +254,44 @@ def claim_reading(scores: Mapping[str, Sequence[Mapping[str, Any]]], kind: str =
         reading.append({"step": f"{before} -> {after}", "block": block, "kNN before": a["knn_accuracy"],
                         "kNN after": b["knn_accuracy"], "kNN change": change, "standard error": error,
                         "silhouette change": b["silhouette"] - a["silhouette"], "verdict": verdict})
+    return reading
+
+
+def scores_over_seeds(preset: str | Preset, seeds: Sequence[int], jets: StudyJets, task: str = "dm",
+                      pooling: str = "mean", progress: bool = True) -> dict[int, dict[str, list[dict]]]:
+    """:func:`separation_scores` of the three models for each seed in ``seeds`` on the same ``jets``: the
+    untrained backbone drawn from the seed, the fine-tuned one trained with it (cached, shared with notebooks
+    03 and 04), and the kNN split drawn from it (the pretrained backbone is one).  ``{seed: scores}``."""
+    out = {}
+    for seed in seeds:
+        models = embedding_models(preset, task=task, seed=seed, progress=progress)
+        embeddings = embed_all(models, jets.tokens, jets.mask, pooling=pooling)
+        out[seed] = separation_scores(embeddings, jets.labels, seed=seed)
+    return out
+
+
+def claim_reading_over_seeds(scores_by_seed: Mapping[int, Mapping[str, Sequence[Mapping[str, Any]]]],
+                             kind: str = "dm", block: int | None = None,
+                             models: Sequence[str] = MODELS) -> list[dict[str, Any]]:
+    """The paper's claim step by step (untrained -> pretrained -> fine-tuned) from several seeds
+    (:func:`scores_over_seeds`): the kNN accuracy of each model as mean ± std over seeds, and the verdict of
+    :mod:`tauml.evaluation.verdicts` (the standard error of the seed means plus the binomial error of the
+    accuracy on the test jets); ``better``/``worse`` only beyond twice that uncertainty."""
+    seeds = sorted(scores_by_seed)
+    rows = {s: {(r["model"], r["block"]): r for r in scores_by_seed[s][kind]} for s in seeds}
+    block = max(b for _, b in rows[seeds[0]]) if block is None else block
+    reading = []
+    for before, after in itertools.pairwise(models):
+        knn = {m: [rows[s][(m, block)]["knn_accuracy"] for s in seeds] for m in (before, after)}
+        sil = {m: [rows[s][(m, block)]["silhouette"] for s in seeds] for m in (before, after)}
+        n_jets = rows[seeds[0]][(after, block)]["n_jets"]
+        stat = {m: knn_standard_error(float(np.mean(knn[m])), n_jets) for m in knn}
+        c = compare(knn[after], knn[before], higher_is_better=True, stat_a=stat[after], stat_b=stat[before])
+        reading.append({"step": f"{before} -> {after}", "block": block, "seeds": len(seeds),
+                        "kNN before": c.b.text(3), "kNN after": c.a.text(3), "kNN change": c.difference,
+                        "uncertainty": c.uncertainty,
+                        "silhouette change": float(np.mean(sil[after]) - np.mean(sil[before])),
+                        "verdict": c.verdict})
     return reading
 
 
