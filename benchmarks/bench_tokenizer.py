@@ -20,7 +20,7 @@ from tauml import pipeline
 from tauml.config import get_preset
 from tauml.models.vqvae import Tokenizer
 from tauml.training import common
-from tauml.training.tokenizer import _batch, _epoch_batches, _make_optimizer, train_step
+from tauml.training.tokenizer import _batch, _epoch_batches, _make_optimizer
 
 
 def preset_jets(preset: str, n_jets: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
@@ -79,7 +79,11 @@ def main() -> None:
         if i == 2:  # the first steps are warm-up
             _sync(device)
             start = time.perf_counter()
-        train_step(tokenizer, optimizer, *_batch(features, mask, index, device), config.grad_clip)
+        out = tokenizer(*_batch(features, mask, index, device))  # the engine's step (tauml.training.engine)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), config.grad_clip)
+        optimizer.step()
         if i >= 2:
             n_jets += len(index)
             n_constituents += int(mask[index].sum())

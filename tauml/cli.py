@@ -12,7 +12,12 @@
     tauml info [--preset demo]                          settings and cache locations
 
 Every step is cached by configuration: running it again returns at once, an interrupted run resumes.
+Every expected failure ends in one line, ``tauml <command>: error: <what> — <what to do>``, and exit code 2;
+the options are checked before anything is built.
 """
+
+# Imports of tauml's heavy modules (torch, awkward, the pipeline) stay inside the commands: `tauml --help` and
+# argument errors must answer at once, without importing torch.
 
 from __future__ import annotations
 
@@ -25,8 +30,18 @@ from dataclasses import replace
 
 from tauml.config import ALL_SAMPLES, BASELINES, PRESETS, STRATEGIES, TASKS, ConfigError, get_preset, to_dict
 from tauml.evaluation.tasks import headline_metric
+from tauml.utils import error_sentence, is_expected_error
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+#: The metrics a scan point of each task stores (tauml.evaluation.metrics.evaluate_task), and those every
+#: point has (its history summary): what ``tauml scan --metric`` accepts, checked before anything trains.
+SCAN_METRICS: dict[str, tuple[str, ...]] = {
+    "id": ("misid_at_80", "auc", "misid_at_80_stat"),
+    "reg": ("resolution", "median", "iqr", "q25", "q75", "mean", "std"),
+    "dm": ("weighted_auc", "accuracy", "macro_f1"),
+}
+HISTORY_METRICS: tuple[str, ...] = ("best_val_loss", "final_val_loss", "final_train_loss")
 
 
 def command(name: str):
@@ -51,6 +66,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tauml.data.generate import generate, generate_cached
 
     config = get_preset(args.preset).generation
+    _positive(args, "events", "chunk_events", "workers")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out} is a file — give a new or empty folder")
     if args.sample:
         if args.events is None:
             raise ConfigError("--sample needs --events N")
@@ -132,7 +150,38 @@ def _finetune_config(args: argparse.Namespace):
         changes["n_gpt_blocks"] = args.gpt_blocks
     config = replace(preset.finetune, **changes)
     config.validate()
+    _positive(args, "train_size", "val_size", "epochs", "batch_size")
+    if args.unfreeze_epoch is not None and config.strategy != "fine_tuning":
+        raise ConfigError(f"--unfreeze-epoch applies to --strategy fine_tuning only, not {config.strategy} — drop "
+                          "it or choose fine_tuning")
+    if args.gpt_blocks is not None and config.strategy in BASELINES:
+        raise ConfigError(f"--gpt-blocks applies to the GPT strategies only, not the baseline {config.strategy} — "
+                          "drop it or choose a GPT strategy")
+    if config.strategy == "fine_tuning" and config.unfreeze_epoch > config.epochs:
+        raise ConfigError(f"--unfreeze-epoch {config.unfreeze_epoch} is past the last epoch (--epochs "
+                          f"{config.epochs}): the backbone would never be unfrozen — choose 0..{config.epochs} "
+                          "or --strategy fixed_backbone")
+    if config.strategy == "fine_tuning" and config.unfreeze_epoch == config.epochs:
+        print(f"note: --unfreeze-epoch {config.unfreeze_epoch} = --epochs: the backbone is never unfrozen; this is "
+              "the fixed backbone's training (cached once for both)", file=sys.stderr)
+    from tauml.pipeline.finetuning import check_device, resolve  # torch: only training commands pay
+
+    resolve(preset, config)  # the same checks as the library's (e.g. more GPT blocks than the backbone has)
+    out = getattr(args, "out", None)
+    if out and os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a folder — give the path of a JSON file")
+    if out and os.path.exists(out) and not args.overwrite:
+        raise FileExistsError(f"{out} exists — choose another path or pass --overwrite to replace it")
+    check_device(config.device)
     return preset, config
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a numeric option that is given but not positive."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} must be positive — give a number above 0")
 
 
 @command("finetune")
@@ -161,8 +210,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     payload = {"config": to_dict(result.config), "metrics": result.metrics, "reference": result.reference,
                "best_epoch": result.best_epoch, "preset": preset.name}
     if args.out:
-        if os.path.exists(args.out) and not args.overwrite:
-            raise FileExistsError(f"{args.out} exists; choose another path or pass --overwrite to replace it")
+        if os.path.exists(args.out) and not args.overwrite:  # checked before training too; written meanwhile?
+            raise FileExistsError(f"{args.out} exists — choose another path or pass --overwrite to replace it")
         write_json(args.out, payload)
         print(f"metrics written to {args.out}")
     else:
@@ -176,6 +225,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from tauml.studies.report import markdown_table
 
     preset = get_preset(args.preset)
+    _positive(args, "epochs")
+    tasks = [args.task] if args.task != "all" else list(TASKS)
+    known = [m for m in dict.fromkeys(sum((SCAN_METRICS[t] for t in tasks), ())) if all(
+        m in SCAN_METRICS[t] for t in tasks)] + list(HISTORY_METRICS)
+    if args.metric is not None and args.metric not in known:
+        raise ConfigError(f"--metric {args.metric!r} is not a metric of --task {args.task} — choose from "
+                          f"{', '.join(known)}")
+    if args.train_sizes and min(args.train_sizes) <= 0:
+        raise ConfigError(f"--train-sizes {args.train_sizes} must all be positive — give sizes above 0")
     scan = preset.scan
     if args.seeds:
         scan = replace(scan, seeds=tuple(args.seeds))
@@ -286,17 +344,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that train data-parallel under ``torchrun --nproc-per-node N -m tauml.cli ...`` (docs/training.md).
+DISTRIBUTED_COMMANDS = ("train-tokenizer", "pretrain", "finetune", "evaluate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command in DISTRIBUTED_COMMANDS:
+            return _run_distributed(args)
         return COMMANDS[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"tauml {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # expected failures (bad options, inputs, files, cache) in one line; bugs as tracebacks
+        if not is_expected_error(err):
+            raise
+        print(f"tauml {args.command}: error: {error_sentence(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tauml {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """One rank of a torchrun launch: join the process group, run the command (rank 0 prints), leave."""
+    import contextlib
+
+    from tauml.training import distributed
+
+    distributed.init()
+    try:
+        with open(os.devnull, "w") as quiet, (contextlib.redirect_stdout(quiet) if not distributed.is_main()
+                                              else contextlib.nullcontext()):
+            return COMMANDS[args.command](args)
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":

@@ -394,6 +394,7 @@ class FinetuneConfig:
         _check(self.n_gpt_blocks >= 0, f"n_gpt_blocks={self.n_gpt_blocks} must be >= 0 (0 = all)")
         _check(self.train_size > 0 and self.val_size > 0, "train_size and val_size must be positive")
         _check(self.batch_size > 0 and self.lr > 0, "batch_size and lr must be positive")
+        _check(self.seed >= 0, f"seed={self.seed} must not be negative")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,3 +76,76 @@ def progress(iterable: Any = None, **kwargs: Any) -> Any:
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def die_with_parent() -> None:
+    """Make this (worker) process end when its parent does, even when the parent is killed with SIGKILL.
+
+    Called in the initializer of every worker pool (data generation, fine-tunings): a killed ``tauml generate``
+    or a restarted notebook kernel must not leave ~0.5 GB workers running for ever.  On Linux the kernel
+    sends SIGTERM (``prctl(PR_SET_PDEATHSIG)``; it fires when the parent *thread* that started the worker
+    ends, and tauml starts its pools from the calling thread, which outlives them); elsewhere a daemon thread
+    polls the parent's pid every second (``TAUML_PARENT_WATCH=poll`` uses the thread on Linux too, for tests).
+    """
+    import multiprocessing
+    import signal
+    import threading
+
+    started_by = multiprocessing.parent_process()  # the pool's process, even if it died before this ran
+    parent = started_by.pid if started_by is not None and started_by.pid else os.getppid()
+    armed = False
+    if sys.platform.startswith("linux") and os.environ.get("TAUML_PARENT_WATCH") != "poll":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            armed = libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="tauml-parent-watch", daemon=True).start()
+
+
+#: What to do about each kind of expected failure, by exception class name (the classes live in higher layers:
+#: ConfigError in tauml.config, DataError in tauml.data.schema, CheckpointError in tauml.models, CacheError here).
+ERROR_HINTS: dict[str, str] = {
+    "ConfigError": "change the setting and run again",
+    "DataError": "fix or regenerate the input file (tauml generate, tauml fetch; see docs/data.md)",
+    "CheckpointError": "delete the file named above and run again to rebuild it",
+    "CacheError": "delete the file or folder named above and run again",
+    "FileNotFoundError": "check the path",
+    "FileExistsError": "choose another path",
+    "NotADirectoryError": "give a folder",
+    "IsADirectoryError": "give a file, not a folder",
+    "PermissionError": "choose a path you may write to, or fix its permissions",
+}
+
+
+def is_expected_error(err: BaseException) -> bool:
+    """Whether ``err`` is a failure tauml expects and explains (bad input, configuration or cache), as opposed
+    to a bug."""
+    return any(cls.__name__ in ERROR_HINTS for cls in type(err).__mro__)
+
+
+def error_sentence(err: BaseException) -> str:
+    """``<what> — <what to do>``: the one sentence the command line and the widgets show for an expected
+    failure.  Messages that already say what to do (with " — ") are kept; others get their kind's hint."""
+    text = str(err).strip()
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    if " — " in text:
+        return text
+    hint = next((ERROR_HINTS[cls.__name__] for cls in type(err).__mro__ if cls.__name__ in ERROR_HINTS),
+                "see the message above")
+    return f"{text} — {hint}"

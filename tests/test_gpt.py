@@ -243,14 +243,14 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path):
     interrupted_dir = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
         pretrain(*train, *val, gpt_config, config, interrupted_dir, progress=False, on_epoch_end=interrupt)
-    assert torch.load(interrupted_dir / "training_state.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(interrupted_dir / "training_state.pt", weights_only=True)["epoch"] == 1
     seen = []
     _, resumed = pretrain(*train, *val, gpt_config, config, interrupted_dir, progress=False,
                           on_epoch_end=lambda epoch, record: seen.append(epoch))
     assert seen == [1]  # only the second epoch ran again
     for key in ("train_loss", "val_loss", "val_perplexity"):
         assert [e[key] for e in resumed["epochs"]] == [e[key] for e in straight["epochs"]]
-    final = {d: torch.load(tmp_path / d / "training_state.pt", weights_only=False)["model"]
+    final = {d: torch.load(tmp_path / d / "training_state.pt", weights_only=True)["model"]
              for d in ("straight", "interrupted")}
     for name, tensor in final["straight"].items():
         assert torch.equal(tensor, final["interrupted"][name]), name

@@ -468,7 +468,7 @@ def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
         assert (tmp_path / "parts" / "state.pt").exists()
     parts = train_tokenizer(train, val, config, FeatureConfig(), tmp_path / "parts", progress=False)
     assert state_equal(parts.state_dict(), whole.state_dict())
-    final = [torch.load(tmp_path / d / "state.pt", weights_only=False)["model"] for d in ("whole", "parts")]
+    final = [torch.load(tmp_path / d / "state.pt", weights_only=True)["model"] for d in ("whole", "parts")]
     assert state_equal(*final)
     history = [json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "parts")]
     assert [e["val_loss"] for e in history[0]] == [e["val_loss"] for e in history[1]]

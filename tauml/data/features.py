@@ -12,6 +12,7 @@ numpy arrays (see ``docs/conventions.md`` and ``docs/features.md``):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 
 import awkward as ak
@@ -47,6 +48,15 @@ PID_FEATURES = slice(5, 10)
 N_FEATURES = len(FEATURE_NAMES)
 PID_NAMES: tuple[str, ...] = ("electron", "muon", "photon", "charged hadron", "neutral hadron")
 LIFETIME_FEATURE_NAMES: tuple[str, ...] = ("tanh_dxy", "tanh_dz", "dxy_err", "dz_err")
+
+
+class TruncationWarning(UserWarning):
+    """Jets with more constituents than slots were cut to their highest-pT constituents (said once per file, or
+    once for a whole dataset by its caller): ``n_truncated`` of ``n_jets`` jets, the largest having ``largest``."""
+
+    def __init__(self, message: str, n_truncated: int = 0, n_jets: int = 0, largest: int = 0) -> None:
+        super().__init__(message)
+        self.n_truncated, self.n_jets, self.largest = n_truncated, n_jets, largest
 
 
 @dataclass
@@ -126,21 +136,53 @@ def jet_arrays(
     if "reco_cand_p4s" in jets.fields:
         validate_fuure(jets, source)
         constituents, jet_p4 = _fuure_constituents(jets, source)
-        targets = _fuure_targets(jets, jet_p4)
         max_constituents = max_constituents or config.max_constituents_tau
+        names = FUURE_NAMES
+        _check_inputs(constituents, jet_p4, max_constituents, lifetime, source, names)
+        targets = _fuure_targets(jets, jet_p4, source)
     elif "part_px" in jets.fields:
         validate_jetclass(jets, source)
         constituents, jet_p4 = _jetclass_constituents(jets, source)
+        _check_inputs(constituents, jet_p4, max_constituents or config.max_constituents_jetclass, lifetime, source,
+                      JETCLASS_NAMES)
         n = len(jets)
         targets = {"is_tau": np.zeros(n, np.int64), "log_pt_ratio": np.full(n, np.nan, np.float32),
                    "dm": np.full(n, -1, np.int64)}
         max_constituents = max_constituents or config.max_constituents_jetclass
+        names = JETCLASS_NAMES
     else:
         raise DataError(
             f"jets{' in ' + source if source else ''} are neither Fu(tau)ure (reco_cand_p4s) nor JetClass (part_px) "
             f"records; their fields are {', '.join(jets.fields)}"
         )
     return _build(constituents, jet_p4, targets, config, max_constituents, lifetime, source)
+
+
+#: The file columns behind each constituent quantity, to name them in errors.
+FUURE_NAMES: dict[str, str] = {
+    "px": "reco_cand_p4s.x", "py": "reco_cand_p4s.y", "pz": "reco_cand_p4s.z", "energy": "reco_cand_p4s (energy)",
+    "charge": "reco_cand_charge", "pdg": "reco_cand_pdg", "dxy": "reco_cand_dxy", "dz": "reco_cand_dz",
+    "dxy_err": "reco_cand_dxy_err", "dz_err": "reco_cand_dz_err", "jet": "reco_jet_p4s",
+}
+JETCLASS_NAMES: dict[str, str] = {
+    "px": "part_px", "py": "part_py", "pz": "part_pz", "energy": "part_energy", "charge": "part_charge",
+    "pdg": "part_is* flags", "dxy": "part_d0val", "dz": "part_dzval", "dxy_err": "part_d0err", "dz_err": "part_dzerr",
+    "jet": "the sum of the particles (jet 4-vector)",
+}
+
+
+def _first_row(bad: ak.Array | np.ndarray) -> tuple[int, int]:
+    """(number of jets with a True, index of the first) for a per-jet or per-constituent boolean array."""
+    per_jet = ak.to_numpy(ak.any(bad, axis=1)) if isinstance(bad, ak.Array) and bad.ndim > 1 else np.asarray(bad)
+    rows = np.flatnonzero(per_jet)
+    return len(rows), int(rows[0]) if len(rows) else -1
+
+
+def _bad_rows(what: str, bad: ak.Array | np.ndarray, source: str, fix: str) -> None:
+    n, row = _first_row(bad)
+    if n:
+        where = f" in {source}" if source else ""
+        raise DataError(f"{what}{where}, in {n} jet(s), first in row {row} — {fix}")
 
 
 def _p4_from_fuure(p4: ak.Array) -> tuple[ak.Array, ak.Array, ak.Array, ak.Array]:
@@ -159,10 +201,9 @@ def _fuure_constituents(jets: ak.Array, source: str) -> tuple[dict[str, ak.Array
     known = np.isin(ak.to_numpy(ak.flatten(pdg)), CANDIDATE_PDG_CODES)
     if not np.all(known):
         bad = np.unique(ak.to_numpy(ak.flatten(pdg))[~known])
-        raise DataError(
-            f"reco_cand_pdg{' in ' + source if source else ''} holds codes {bad.tolist()}; Fu(tau)ure candidates are "
-            f"typed {CANDIDATE_PDG_CODES}. Map them first (tauml.data.edm4hep.candidate_pdg)."
-        )
+        unknown = ak.unflatten(~known, ak.num(pdg, axis=1))
+        _bad_rows(f"reco_cand_pdg holds codes {bad.tolist()[:10]} (Fu(tau)ure candidates are typed "
+                  f"{CANDIDATE_PDG_CODES})", unknown, source, "map them first (tauml.data.edm4hep.candidate_pdg)")
     fill = ak.zeros_like(px)
     constituents = {
         "px": px, "py": py, "pz": pz, "energy": energy,
@@ -202,21 +243,61 @@ def _jetclass_constituents(jets: ak.Array, source: str) -> tuple[dict[str, ak.Ar
     return constituents, jet_p4
 
 
-def _fuure_targets(jets: ak.Array, jet_p4: np.ndarray) -> dict[str, np.ndarray]:
+def _fuure_targets(jets: ak.Array, jet_p4: np.ndarray, source: str = "") -> dict[str, np.ndarray]:
+    """The per-jet targets, checked now rather than after a training: decay-mode codes in -1..15 and, for every
+    tau jet, a finite regression target ln(pT_vis / pT_jet)."""
     code = ak.to_numpy(jets.gen_jet_tau_decaymode).astype(np.int64)
-    if np.any(code == DM_LEPTONIC):
-        raise DataError("jets with leptonic tau decays (gen_jet_tau_decaymode 16) must be removed first")
+    _bad_rows("gen_jet_tau_decaymode is 16 (a leptonic tau decay)", code == DM_LEPTONIC, source,
+              "remove the jets with leptonic tau decays first")
+    _bad_rows(f"gen_jet_tau_decaymode holds codes outside -1..15 ({sorted(set(code[(code < -1) | (code > 15)]))[:5]})",
+              (code < -1) | (code > 15), source, "decay modes are -1 (no tau) or 0..15: fix the column")
     is_tau = (code >= 0).astype(np.int64)
     tau_px, tau_py = (ak.to_numpy(v).astype(np.float64) for v in (jets.gen_jet_tau_p4s.x, jets.gen_jet_tau_p4s.y))
     vis_pt = np.hypot(tau_px, tau_py)
     jet_pt = np.hypot(jet_p4[:, 0], jet_p4[:, 1])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(is_tau == 1, np.log(vis_pt / jet_pt), np.nan)
+    _bad_rows("reco_jet_p4s gives a tau jet zero pT (the regression target ln(pT_vis/pT_jet) is not finite)",
+              (is_tau == 1) & ~(jet_pt > 0), source, "drop those jets or fix the column")
+    _bad_rows("gen_jet_tau_p4s gives a tau jet a visible pT that is zero, NaN or infinite (the regression target "
+              "ln(pT_vis/pT_jet) is not finite)", (is_tau == 1) & ~np.isfinite(ratio), source,
+              "drop those jets or fix the column")
     return {"is_tau": is_tau, "log_pt_ratio": ratio.astype(np.float32), "dm": reduce_decay_mode(code)}
 
 
 def _pad(array: ak.Array, length: int, dtype: type = np.float64) -> np.ndarray:
     return ak.to_numpy(ak.fill_none(ak.pad_none(array, length, clip=True, axis=1), 0)).astype(dtype)
+
+
+def _check_inputs(c: dict[str, ak.Array], jet_p4: np.ndarray, max_constituents: int, lifetime: bool, source: str,
+                  names: dict[str, str]) -> None:
+    """Refuse what would give non-finite features (NaN or infinite momenta, candidates of zero pT), charges
+    outside -1, 0, +1, and jets without constituents, naming the file, the column and the first bad row; say
+    once how many jets have more constituents than ``max_constituents`` (the hardest are kept)."""
+    where = f" in {source}" if source else ""
+    counts = ak.to_numpy(ak.num(c["px"], axis=1))
+    if np.any(counts == 0):
+        raise DataError(
+            f"{int((counts == 0).sum())} jets{where} have no constituents, first in row "
+            f"{int(np.flatnonzero(counts == 0)[0])} — drop them before building features "
+            "(e.g. jets[ak.num(jets.reco_cand_p4s) > 0])"
+        )
+    for name in ("px", "py", "pz", "energy", "charge", *(("dxy", "dz", "dxy_err", "dz_err") if lifetime else ())):
+        _bad_rows(f"{names[name]} is NaN or infinite", ~np.isfinite(ak.values_astype(c[name], np.float64)), source,
+                  "fix or drop those jets")
+    _bad_rows(f"{names['jet']} is NaN or infinite", ~np.all(np.isfinite(jet_p4), axis=1), source,
+              "fix or drop those jets")
+    _bad_rows(f"{names['px']}/{names['py']} give a candidate zero transverse momentum (its log_pt feature would be "
+              "-inf)", (c["px"] == 0) & (c["py"] == 0), source, "drop the candidates with pT = 0")
+    _bad_rows(f"{names['charge']} holds charges other than -1, 0, +1", ~((c["charge"] == -1) | (c["charge"] == 0)
+                                                                          | (c["charge"] == 1)), source,
+              "candidate charges must be -1, 0 or +1: fix the column")
+    too_many = counts > max_constituents
+    if np.any(too_many):
+        warnings.warn(TruncationWarning(
+            f"{int(too_many.sum())} of {len(counts)} jets{where} have more than {max_constituents} constituents "
+            f"(up to {int(counts.max())}); the {max_constituents} of highest pT are kept",
+            n_truncated=int(too_many.sum()), n_jets=len(counts), largest=int(counts.max())), stacklevel=3)
 
 
 def _build(
@@ -230,17 +311,6 @@ def _build(
 ) -> JetArrays:
     where = f" in {source}" if source else ""
     counts = ak.to_numpy(ak.num(c["px"], axis=1))
-    if np.any(counts == 0):
-        raise DataError(
-            f"{int((counts == 0).sum())} jets{where} have no constituents; drop them before building features "
-            "(e.g. jets[ak.num(jets.reco_cand_p4s) > 0])"
-        )
-    for name in ("px", "py", "pz", "energy", "charge"):
-        flat = ak.to_numpy(ak.flatten(c[name])).astype(np.float64)
-        if not np.all(np.isfinite(flat)):
-            raise DataError(f"{int((~np.isfinite(flat)).sum())} constituent {name} values{where} are NaN or infinite")
-    if not np.all(np.isfinite(jet_p4)):
-        raise DataError(f"jet 4-vectors{where} contain NaN or infinite values")
 
     # order constituents by pT, descending, before truncation
     pt = np.hypot(c["px"], c["py"])
@@ -263,14 +333,21 @@ def _build(
     charge = _pad(c["charge"], max_constituents)
 
     feats = np.zeros((len(mask), max_constituents, N_FEATURES), dtype=np.float32)
-    feats[..., 0] = np.log(safe_pt) - config.log_pt_shift
-    feats[..., 1] = mass * config.mass_scale
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below with its row
+        feats[..., 0] = np.log(safe_pt) - config.log_pt_shift
+        feats[..., 1] = mass * config.mass_scale
     feats[..., 2] = np.clip(deta * config.angle_scale, -config.angle_clip, config.angle_clip)
     feats[..., 3] = np.clip(dphi * config.angle_scale, -config.angle_clip, config.angle_clip)
     feats[..., 4] = charge
     for i, code in enumerate(CANDIDATE_PDG_CODES):
         feats[..., 5 + i] = pdg == code
     feats[~mask] = 0.0
+    bad = ~np.isfinite(feats)
+    if bad.any():
+        jet, _, feature = (int(i[0]) for i in np.nonzero(bad))
+        raise DataError(f"the feature {FEATURE_NAMES[feature]} is NaN or infinite{where} in "
+                        f"{int(bad.any(axis=(1, 2)).sum())} jet(s), first in row {jet} — check that jet's "
+                        "candidates and jet 4-vector")
 
     p4 = np.stack([px, py, pz, energy], axis=-1).astype(np.float32)
     p4[~mask] = 0.0

@@ -15,7 +15,6 @@ written as soon as it is done: an interrupted run resumes with the chunks that a
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -28,14 +27,25 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from tauml.cache import DATA_FORMAT_VERSION, atomic_path, cache_path, locked, write_json
+from tauml.cache import (
+    DATA_FORMAT_VERSION,
+    atomic_path,
+    cache_path,
+    clear_entry,
+    entry_problem,
+    file_record,
+    locked,
+    read_entry,
+    read_json,
+    write_json,
+)
 from tauml.config import EE_SAMPLES, GenerationConfig, config_hash, to_dict
 from tauml.data import jets as jetlib
 from tauml.data.detector import Candidates, simulate_ee, simulate_pp
 from tauml.data.pythia import SAMPLE_INDEX, GenEvents, generate_batch, pythia_seed
 from tauml.data.schema import FUURE_ROW_GROUP_SIZE, JETCLASS_LABELS, JETCLASS_TREE, DataError
 from tauml.data.truth import DM_LEPTONIC, decay_mode_from_products, last_copy_taus, tau_decay_products
-from tauml.utils import parallel_workers
+from tauml.utils import die_with_parent, parallel_workers
 from tauml.utils import progress as progress_bar
 
 #: Reco and generator jets below this pT are not written (GeV); the tau tasks select 5 to 20 GeV and above.
@@ -509,31 +519,73 @@ def _check_out_dir(out_dir: Path, config: GenerationConfig) -> None:
     """Refuse to write into a folder that holds something else: nothing a user wrote is overwritten."""
     state = out_dir / STATE
     wanted = {"config": to_dict(config), "format_version": DATA_FORMAT_VERSION}
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is a file, not a folder — give a new or empty folder as the output")
     if state.exists():
-        found = json.loads(state.read_text())
+        found = read_entry(state)
+        if found is None:
+            raise DataError(f"{out_dir / STATE} is corrupt — delete the folder {out_dir} to generate its data again")
         if found != wanted:
             raise DataError(
                 f"{out_dir} holds data generated with another configuration; choose an empty folder or "
                 f"delete {out_dir} to regenerate"
             )
         return
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(not (f.name == ".lock" or STATE in f.name) for f in out_dir.iterdir()):
         raise DataError(f"{out_dir} is not empty and was not written by tauml generate; choose an empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(state, wanted)
 
 
+def _data_files(out_dir: Path) -> list[str]:
+    """The files a finished dataset consists of, relative to ``out_dir`` (what its manifest vouches for)."""
+    files = sorted((out_dir / "fuure").glob("*.parquet")) + sorted((out_dir / "jetclass").glob("*.root"))
+    return [str(f.relative_to(out_dir)) for f in files]
+
+
+def _verified(out_dir: Path) -> GeneratedData | None:
+    """The finished dataset in ``out_dir`` when its manifest vouches for every file; else None after clearing the
+    generated files (not the folder's lock and state) with one line saying why, so that it is generated again."""
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.exists():
+        return None
+    problem = entry_problem(manifest_path)
+    if problem is None:
+        manifest = read_json(manifest_path)
+        if "files" not in manifest:  # written before manifests vouched for their files: record them now
+            manifest["files"] = {name: file_record(out_dir / name) for name in _data_files(out_dir)}
+            write_json(manifest_path, manifest)
+        return GeneratedData(out_dir, manifest)
+    clear_entry(out_dir, problem, keep=(".lock", STATE))
+    return None
+
+
+def _chunk_done(out_dir: Path, task: ChunkTask) -> bool:
+    """Whether a chunk is finished: its done file is readable and, for e+e- chunks, its files are there."""
+    paths = _chunk_paths(out_dir, task)
+    if read_entry(paths["done"]) is None:
+        return False
+    return all(path.is_file() for key, path in paths.items() if key != "done")
+
+
 def generate(config: GenerationConfig, out_dir: str | os.PathLike[str], workers: int | None = None,
              progress: bool = True) -> GeneratedData:
-    """Generate (or finish generating) the dataset of ``config`` in ``out_dir``; see the module docstring."""
+    """Generate (or finish generating) the dataset of ``config`` in ``out_dir``; see the module docstring.
+
+    Two runs into the same folder are serialised by a lock (the second finds the first one's result); a
+    finished dataset whose files no longer match its manifest (truncated, replaced, deleted) is generated again.
+    """
     config.validate()
     out_dir = Path(out_dir)
-    if (out_dir / MANIFEST).exists():
-        _check_out_dir(out_dir, config)
-        return GeneratedData(out_dir, json.loads((out_dir / MANIFEST).read_text()))
     _check_out_dir(out_dir, config)
+    with locked(out_dir):
+        return _verified(out_dir) or _generate(config, out_dir, workers, progress)
+
+
+def _generate(config: GenerationConfig, out_dir: Path, workers: int | None, progress: bool) -> GeneratedData:
+    _check_out_dir(out_dir, config)  # writes the state file again if a rebuild cleared the folder
     tasks = chunk_tasks(config)
-    todo = [t for t in tasks if not _chunk_paths(out_dir, t)["done"].exists()]
+    todo = [t for t in tasks if not _chunk_done(out_dir, t)]
     # slowest samples first so that the workers finish together
     todo.sort(key=lambda t: (t.sample not in ("z", "TTBar", "ZJetsToNuNu"), t.sample, t.chunk))
     # a generation worker holds Pythia, a chunk and its jets: ~0.5 GB measured
@@ -549,7 +601,7 @@ def generate(config: GenerationConfig, out_dir: str | os.PathLike[str], workers:
                 bar.update(task.n_events)
         else:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent) as pool:
                 pending = {pool.submit(run_chunk, task, config, str(out_dir)): task for task in todo}
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -563,7 +615,12 @@ def generate(config: GenerationConfig, out_dir: str | os.PathLike[str], workers:
     manifest = _merge(out_dir, config, tasks)
     manifest["seconds_wall"] = time.perf_counter() - start
     manifest["workers"] = workers
-    write_json(out_dir / MANIFEST, manifest)
+    manifest["files"] = {name: file_record(out_dir / name) for name in _data_files(out_dir)}
+    write_json(out_dir / MANIFEST, manifest)  # last: a folder without it is unfinished and resumes
+    for t in tasks:  # the merged e+e- chunks are no longer needed (only after the manifest vouches for the merge)
+        if t.sample in EE_SAMPLES:
+            for key in ("jets", "events"):
+                _chunk_paths(out_dir, t)[key].unlink(missing_ok=True)
     return GeneratedData(out_dir, manifest)
 
 
@@ -577,7 +634,7 @@ def _merge(out_dir: Path, config: GenerationConfig, tasks: list[ChunkTask]) -> d
     """Merge the e+e- chunks into shuffled train/test files; gather per-sample statistics."""
     samples: dict[str, dict] = {}
     for sample in config.events:
-        stats = [json.loads(_chunk_paths(out_dir, t)["done"].read_text()) for t in tasks if t.sample == sample]
+        stats = [read_json(_chunk_paths(out_dir, t)["done"]) for t in tasks if t.sample == sample]
         cpu = sum(s["seconds_total"] for s in stats)
         entry = {
             "events": sum(s["events"] for s in stats), "jets": sum(s["jets"] for s in stats),
@@ -605,20 +662,17 @@ def _merge(out_dir: Path, config: GenerationConfig, tasks: list[ChunkTask]) -> d
         else:
             entry["bytes"] = sum(p.stat().st_size for p in (out_dir / "jetclass").glob(f"{sample}_*.root"))
         samples[sample] = entry
-    for sample in EE_SAMPLES:
-        for t in tasks:
-            if t.sample == sample:
-                for key in ("jets", "events"):
-                    _chunk_paths(out_dir, t)[key].unlink(missing_ok=True)
     return {"config": to_dict(config), "format_version": DATA_FORMAT_VERSION, "samples": samples,
             "hash": config_hash(config, DATA_FORMAT_VERSION)}
 
 
 def generate_cached(config: GenerationConfig, workers: int | None = None, progress: bool = True) -> GeneratedData:
     """The dataset of ``config`` from tauml's cache, generated first if missing (see :mod:`tauml.cache`)."""
-    folder = cache_path("data", config_hash(config, DATA_FORMAT_VERSION))
-    if (folder / MANIFEST).exists():
-        return GeneratedData(folder, json.loads((folder / MANIFEST).read_text()))
+    config.validate()
+    folder = cache_path("data", config_hash(config, DATA_FORMAT_VERSION), create=False)
+    if (folder / MANIFEST).exists() and entry_problem(folder / MANIFEST) is None:
+        return GeneratedData(folder, read_json(folder / MANIFEST))
+    folder.parent.mkdir(parents=True, exist_ok=True)
     with locked(folder.parent / f".{folder.name}-lock"):
         return generate(config, folder, workers, progress)
 

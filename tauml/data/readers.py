@@ -32,6 +32,7 @@ from tauml.data.schema import (
     JETCLASS_SAMPLE_LABELS,
     JETCLASS_TREE,
     DataError,
+    require_numeric,
     validate_fuure,
     validate_jetclass,
 )
@@ -200,12 +201,13 @@ def _jetclass_dtype(name: str) -> type | None:
     return None
 
 
-def _normalise_jetclass(array: ak.Array) -> ak.Array:
+def _normalise_jetclass(array: ak.Array, source: str = "") -> ak.Array:
     out = {}
     for name in array.fields:
         dtype = _jetclass_dtype(name)
         column = array[name]
         if dtype is not None:
+            require_numeric(array, [name], source)
             column = ak.values_astype(column, dtype)
         out[name] = column
     return ak.zip(out, depth_limit=1) if out else array
@@ -295,7 +297,7 @@ def read_jetclass(path: PathLike, branches: Sequence[str] | None = None, max_jet
         array = _parquet_jetclass(path, branches, max_jets)
     else:
         array = _root_jetclass(path, branches, max_jets)
-    array = _normalise_jetclass(array)
+    array = _normalise_jetclass(array, str(path))
     if branches is None:
         validate_jetclass(array, str(path))
     return array

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import awkward as ak
+import numpy as np
 
 
 class DataError(ValueError):
@@ -148,8 +149,59 @@ def require_fields(array: ak.Array, fields: Iterable[str], what: str, source: st
         )
 
 
+def column_kind(column: ak.Array) -> tuple[str, bool]:
+    """The innermost type of a (jagged) column, ``"int64"``, ``"float32"``, ``"bool"``, ``"string"`` ..., and
+    whether it may hold missing values (an option type)."""
+    kind = column.type.content if hasattr(column.type, "content") else column.type
+    optional = False
+    while True:
+        if getattr(kind, "parameters", {}).get("__array__") in ("string", "bytestring"):
+            return "string", optional
+        if type(kind).__name__ == "UnionType":  # rows of different types, e.g. numbers in some and strings in others
+            kinds = sorted({_type_name(content) for content in kind.contents})
+            return ("string" if "string" in kinds else "mixed " + "/".join(kinds)), optional
+        if type(kind).__name__ in ("OptionType", "UnknownType"):
+            optional = True
+        if hasattr(kind, "content"):
+            kind = kind.content
+            continue
+        return str(getattr(kind, "primitive", type(kind).__name__)), optional
+
+
+def _type_name(kind) -> str:
+    while True:
+        if getattr(kind, "parameters", {}).get("__array__") in ("string", "bytestring"):
+            return "string"
+        if not hasattr(kind, "content"):
+            return str(getattr(kind, "primitive", type(kind).__name__))
+        kind = kind.content
+
+
+def require_numeric(array: ak.Array, columns: Iterable[str], source: str = "", integer: Iterable[str] = ()) -> None:
+    """Raise :class:`DataError` naming the file and the column when a column (or a field ``column.field``) is not
+    numbers (strings, records), holds missing values, or, for the columns in ``integer``, is not integers."""
+    integer = set(integer)
+    where = f" in {source}" if source else ""
+    for name in columns:
+        column = array
+        for part in name.split("."):
+            column = column[part]
+        kind, optional = column_kind(column)
+        numeric = kind.startswith(("int", "uint", "float")) or kind == "bool"
+        if not numeric:
+            raise DataError(f"column {name}{where} holds {kind} values, not numbers — write it as "
+                            f"{'integers' if name in integer else 'numbers'} (e.g. int32/float32)")
+        if optional and ak.any(ak.is_none(column, axis=-1)):
+            raise DataError(f"column {name}{where} has missing (null) values — fill or drop them before using the file")
+        if name in integer and kind.startswith("float"):
+            values = ak.to_numpy(ak.flatten(column, axis=None)) if column.ndim > 1 else ak.to_numpy(column)
+            if not np.all(np.isfinite(values) & (values == np.round(values))):
+                raise DataError(f"column {name}{where} holds non-integer {kind} values — write it as integers")
+
+
 def validate_fuure(array: ak.Array, source: str = "") -> None:
-    """Check that ``array`` holds Fu(tau)ure per-jet records tauml can use."""
+    """Check that ``array`` holds Fu(tau)ure per-jet records tauml can use: the columns, the 4-vector fields and
+    their types (numbers; PDG codes and decay modes integers)."""
     require_fields(array, FUURE_REQUIRED, "Fu(tau)ure", source)
     for column in ("reco_cand_p4s", "reco_jet_p4s", "gen_jet_tau_p4s"):
         fields = set(array[column].fields)
@@ -158,8 +210,13 @@ def validate_fuure(array: ak.Array, source: str = "") -> None:
                 f"column {column}{' of ' + source if source else ''} has fields {sorted(fields)}; a Fu(tau)ure "
                 "4-vector needs x, y, z and tau (mass) or t (energy)"
             )
+    p4_fields = [f"{column}.{f}" for column in ("reco_cand_p4s", "reco_jet_p4s", "gen_jet_tau_p4s")
+                 for f in array[column].fields if f in ("x", "y", "z", "tau", "t")]
+    require_numeric(array, ["reco_cand_pdg", "reco_cand_charge", "gen_jet_tau_decaymode", *p4_fields], source,
+                    integer=("reco_cand_pdg", "gen_jet_tau_decaymode"))
 
 
 def validate_jetclass(array: ak.Array, source: str = "") -> None:
-    """Check that ``array`` holds JetClass-schema jets tauml can use."""
+    """Check that ``array`` holds JetClass-schema jets tauml can use (the branches, as numbers)."""
     require_fields(array, JETCLASS_REQUIRED, "JetClass", source)
+    require_numeric(array, JETCLASS_REQUIRED, source)

@@ -13,6 +13,7 @@ otherwise.  No notebook reads a file that another notebook happened to write: al
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -21,20 +22,27 @@ import numpy as np
 
 from tauml.cache import (
     DATA_FORMAT_VERSION,
+    ENTRY_FILE,
     MODEL_FORMAT_VERSION,
+    building,
     cache_dir,
     cache_path,
-    locked,
-    read_json,
-    write_json,
+    clear_entry,
+    entry_digest,
+    entry_problem,
+    read_entry,
+    write_entry,
 )
 from tauml.config import PP_SAMPLES, TASKS, Preset, config_hash, get_preset, to_dict
-from tauml.data.features import JetArrays, jet_arrays
+from tauml.data.features import JetArrays, TruncationWarning, jet_arrays
 from tauml.data.generate import GeneratedData, generate_cached
 from tauml.data.readers import read_fuure, read_jetclass
 from tauml.data.schema import DataError
-from tauml.models.checkpoints import load_tokenizer
+from tauml.models import CheckpointError
+from tauml.models.checkpoints import load_tokenizer, read_backbone_metadata
 from tauml.models.vqvae import CODE_OFFSET
+from tauml.training import distributed
+from tauml.training.common import placement_free
 from tauml.training.pretrain import BACKBONE_FILE, pretrain, read_history
 from tauml.training.tokenizer import train_tokenizer
 
@@ -150,8 +158,22 @@ def train_val_split(jets: JetArrays, train_size: int, val_size: int) -> Split:
 
 @lru_cache(maxsize=4)
 def _pp_arrays(files: tuple[str, ...], max_constituents: int) -> JetArrays:
-
-    parts = [jet_arrays(read_jetclass(f), max_constituents=max_constituents, source=f) for f in files]
+    """The jets of many JetClass files, with one truncation warning for all of them (not one per file)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        parts = [jet_arrays(read_jetclass(f), max_constituents=max_constituents, source=f) for f in files]
+    cut = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
+    for w in caught:
+        if not isinstance(w.message, TruncationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if cut:
+        n_jets = sum(len(p) for p in parts)
+        warnings.warn(TruncationWarning(
+            f"{sum(c.n_truncated for c in cut)} of {n_jets} jets in {len(files)} files under "
+            f"{Path(files[0]).parent} have more than {max_constituents} constituents (up to "
+            f"{max(c.largest for c in cut)}); the {max_constituents} of highest pT are kept",
+            n_truncated=sum(c.n_truncated for c in cut), n_jets=n_jets, largest=max(c.largest for c in cut)),
+            stacklevel=2)
     return JetArrays.concatenate(parts)
 
 
@@ -221,7 +243,7 @@ def backbone_key(preset: str | Preset) -> str:
     """Hash naming a preset's pretrained backbone: its tokenizer and the GPT and pretraining settings."""
 
     p = _preset(preset)
-    return config_hash(tokenizer_key(p), p.gpt, p.pretrain)
+    return config_hash(tokenizer_key(p), p.gpt, placement_free(p.pretrain))  # the same model on any device
 
 
 def cached_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
@@ -232,34 +254,102 @@ def cached_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
     wanted = {"data_key": data_key(p), "features": to_dict(p.features)}
     own = to_dict(p.tokenizer)
     found = {}
-    for done in sorted((cache_dir() / "tokenizer").glob("*/done.json")):
-        info = read_json(done)
-        if any(info.get(k) != v for k, v in wanted.items()) or "tokenizer" not in info:
+    for done in sorted((cache_dir() / "tokenizer").glob(f"*/{ENTRY_FILE}")):
+        info = read_entry(done)
+        if info is None or any(info.get(k) != v for k, v in wanted.items()) or "tokenizer" not in info:
             continue
         diff = [f"{k}={v}" for k, v in info["tokenizer"].items() if own.get(k) != v]
         found[", ".join(diff) or "preset"] = done.parent / "tokenizer.pt"
     return found
 
 
-def tokenizer_dir(preset: str | Preset) -> Path:
+TOKENIZER_FILE = "tokenizer.pt"
+HISTORY_FILE = "history.json"
 
-    return cache_path("tokenizer", tokenizer_key(preset))
+
+def tokenizer_dir(preset: str | Preset) -> Path:
+    """The cache folder of the preset's tokenizer (named only: it exists once the tokenizer is built)."""
+
+    return cache_path("tokenizer", tokenizer_key(preset), create=False)
+
+
+def _present(folder: Path, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if (folder / name).is_file()]
 
 
 def tokenizer(preset: str | Preset = "demo", progress: bool = True):
-    """The preset's frozen VQ-VAE tokenizer, trained on the pp jets on first use (then read from the cache)."""
+    """The preset's frozen VQ-VAE tokenizer, trained on the pp jets on first use (then read from the cache).
 
-    p = _preset(preset)
-    folder = tokenizer_dir(p)
-    done = folder / "done.json"
-    with locked(folder):
+    The cached entry is verified first (:func:`tauml.cache.entry_problem`): a tokenizer file that is missing,
+    truncated, replaced, or holds other settings is trained again, with one line saying why.
+    """
+
+    with distributed.main_first():  # under torchrun rank 0 builds it, the other ranks then read it
+        return _tokenizer(_preset(preset), progress)
+
+
+def _tokenizer(p: Preset, progress: bool):
+    with building(tokenizer_dir(p)) as folder:
+        done = folder / ENTRY_FILE
         if done.exists():
-            return load_tokenizer(folder / "tokenizer.pt")
+            found = _cached_tokenizer(p, folder)
+            if found is not None:
+                return found
         split = pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed)
         result = train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
-        write_json(done, {"tokenizer_key": tokenizer_key(p), "data_key": data_key(p),
-                          "tokenizer": to_dict(p.tokenizer), "features": to_dict(p.features)})
+        write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)), built_from={"data_key": data_key(p)},
+                    tokenizer_key=tokenizer_key(p), data_key=data_key(p), tokenizer=to_dict(p.tokenizer),
+                    features=to_dict(p.features))
     return result
+
+
+def _cached_tokenizer(p: Preset, folder: Path):
+    """The verified cached tokenizer in ``folder``, or None after clearing an entry that cannot be trusted."""
+    done = folder / ENTRY_FILE
+    problem = entry_problem(done, {"data_key": data_key(p)})
+    if problem is None:
+        try:
+            tok = load_tokenizer(folder / TOKENIZER_FILE)
+        except CheckpointError as err:
+            problem = str(err)
+        else:
+            if tok.config != p.tokenizer or tok.feature_config != p.features:
+                problem = (f"{TOKENIZER_FILE} holds a tokenizer with other settings (codebook "
+                           f"{tok.config.codebook_size}, preset {p.tokenizer.codebook_size})")
+            else:
+                if "files" not in (read_entry(done) or {}):  # an entry from before entries vouched for their files
+                    write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)),
+                                built_from={"data_key": data_key(p)}, **{k: v for k, v in read_entry(done).items()
+                                                                         if k not in ("files", "built_from")})
+                return tok
+    clear_entry(folder, problem)
+    return None
+
+
+def tokenizer_digest(preset: str | Preset) -> str | None:
+    """The SHA-256 of the preset's cached tokenizer file as its entry records it (None when not built)."""
+
+    return entry_digest(tokenizer_dir(preset) / ENTRY_FILE, TOKENIZER_FILE)
+
+
+def backbone_digest(preset: str | Preset) -> str | None:
+    """The SHA-256 of the preset's cached backbone file as its entry records it (None when not built)."""
+
+    return entry_digest(backbone_dir(preset) / ENTRY_FILE, BACKBONE_FILE)
+
+
+def built_from(preset: str | Preset, strategy: str) -> dict[str, str | None]:
+    """What a fine-tuning of ``strategy`` is built from: the digests of the tokenizer (the tau models' tokens)
+    and of the pretrained backbone (fixed backbone, fine-tuning); None where that entry is not built."""
+
+    uses_tokenizer = strategy in ("from_scratch", "fixed_backbone", "fine_tuning")
+    uses_backbone = strategy in ("fixed_backbone", "fine_tuning")
+    found: dict[str, str | None] = {}
+    if uses_tokenizer:
+        found["tokenizer_sha256"] = tokenizer_digest(preset)
+    if uses_backbone:
+        found["backbone_sha256"] = backbone_digest(preset)
+    return found
 
 
 _TOKEN_CACHE: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
@@ -272,7 +362,7 @@ def tokens(preset: str | Preset, jets: JetArrays, name: str) -> tuple[np.ndarray
     different preset or tokenizer never reuses stale tokens.
     """
     fingerprint = f"{len(jets)}/{float(jets.features.sum(dtype=np.float64)):.6e}"
-    key = (tokenizer_key(preset), f"{name}/{fingerprint}")
+    key = (f"{tokenizer_key(preset)}/{tokenizer_digest(preset)}", f"{name}/{fingerprint}")
     if key not in _TOKEN_CACHE:
         tok = tokenizer(preset)
         t, m = tok.tokenize(jets.features, jets.mask)
@@ -281,8 +371,9 @@ def tokens(preset: str | Preset, jets: JetArrays, name: str) -> tuple[np.ndarray
 
 
 def backbone_dir(preset: str | Preset) -> Path:
+    """The cache folder of the preset's backbone (named only: it exists once the backbone is built)."""
 
-    return cache_path("backbone", backbone_key(preset))
+    return cache_path("backbone", backbone_key(preset), create=False)
 
 
 def gpt_config(preset: str | Preset):
@@ -298,18 +389,39 @@ def backbone_checkpoint(preset: str | Preset = "demo", progress: bool = True) ->
     """Path of the preset's pretrained backbone, pretrained on the tokenized pp jets on first use."""
 
     p = _preset(preset)
-    folder = backbone_dir(p)
-    done = folder / "done.json"
-    with locked(folder):
-        if done.exists():
+    with distributed.main_builds(backbone_dir(p)) as folder:  # under torchrun all ranks pretrain, rank 0 writes
+        done = folder / ENTRY_FILE
+        if distributed.broadcast(_cached_backbone(p, folder) if distributed.is_main() else None):
             return folder / BACKBONE_FILE
         split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
         train_tokens, train_mask = tokens(p, split.train, "pp/train")
         val_tokens, val_mask = tokens(p, split.val, "pp/val")
         pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
                  progress=progress, metadata={"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)})
-        write_json(done, {"backbone_key": backbone_key(p)})
+        if distributed.is_main():
+            write_entry(done, _present(folder, (BACKBONE_FILE, HISTORY_FILE)),
+                        built_from={"tokenizer_key": tokenizer_key(p), "tokenizer_sha256": tokenizer_digest(p)},
+                        backbone_key=backbone_key(p))
     return folder / BACKBONE_FILE
+
+
+def _cached_backbone(p: Preset, folder: Path) -> bool:
+    """Whether ``folder`` holds the preset's verified backbone; clears an entry that cannot be trusted."""
+    done = folder / ENTRY_FILE
+    if done.exists():
+        # built from the tokenizer cached now? (not compared when that tokenizer is not built)
+        problem = entry_problem(done, {"tokenizer_key": tokenizer_key(p), "tokenizer_sha256": tokenizer_digest(p)})
+        if problem is None and "files" not in (read_entry(done) or {}):  # an entry from before they vouched
+            try:
+                read_backbone_metadata(folder / BACKBONE_FILE)
+                write_entry(done, _present(folder, (BACKBONE_FILE, HISTORY_FILE)),
+                            built_from={"tokenizer_key": tokenizer_key(p)}, backbone_key=backbone_key(p))
+            except CheckpointError as err:
+                problem = str(err)
+        if problem is None:
+            return True
+        clear_entry(folder, problem)
+    return False
 
 
 def backbone_history(preset: str | Preset = "demo") -> dict:
@@ -327,9 +439,10 @@ def model_key(preset: str | Preset) -> str:
 
 
 def finetune_dir(preset: str | Preset, config) -> Path:
-    """The cache folder of one fine-tuning configuration (a resolved FinetuneConfig)."""
+    """The cache folder of one fine-tuning configuration (a resolved FinetuneConfig); named only, created by the
+    fine-tuning itself."""
 
-    return cache_path("finetune", config_hash(model_key(preset), config))
+    return cache_path("finetune", config_hash(model_key(preset), placement_free(config)), create=False)
 
 
 # The fine-tuning step lives in its own module; it is part of the pipeline's public face:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -28,7 +30,16 @@ import numpy as np
 import torch
 
 from tauml import pipeline
-from tauml.cache import plain, read_json, write_json
+from tauml.cache import (
+    CacheError,
+    atomic_path,
+    clear_entry,
+    entry_problem,
+    file_record,
+    plain,
+    read_json,
+    write_json,
+)
 from tauml.config import (
     BASELINES,
     STRATEGIES,
@@ -45,7 +56,7 @@ from tauml.evaluation.references import no_learning_reference, prediction_arrays
 from tauml.evaluation.tasks import TASK_INFO
 from tauml.models.baselines import DeepSetBaseline, ParticleTransformerBaseline
 from tauml.models.tau import build_tau_model, task_predictions
-from tauml.training import common
+from tauml.training import common, distributed
 from tauml.training.finetune import (
     MODEL_FILE,
     STATE_FILE,
@@ -55,6 +66,7 @@ from tauml.training.finetune import (
     tau_inputs,
     train_tau_model,
 )
+from tauml.utils import die_with_parent
 
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.npz"
@@ -85,13 +97,25 @@ class FinetuneResult:
 
     @classmethod
     def from_folder(cls, folder: Path) -> FinetuneResult:
+        """Read a stored result; :class:`~tauml.cache.CacheError` naming the file for anything unreadable (the
+        predictions are read without unpickling anything)."""
+        folder = Path(folder)
         data = read_json(folder / RESULT_FILE)
-        with np.load(folder / PREDICTIONS_FILE) as f:
-            predictions = {k: f[k] for k in f.files}
-        return cls(config=from_dict(FinetuneConfig, data["config"]), history=data["history"],
-                   best_epoch=data["best_epoch"], metrics=data["metrics"], reference=data["reference"],
-                   predictions=predictions, n_parameters=data["n_parameters"],
-                   n_trainable_parameters=data["n_trainable_parameters"], seconds=data["seconds"], folder=folder)
+        path = folder / PREDICTIONS_FILE
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                predictions = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise CacheError(f"{path} is unreadable ({type(err).__name__}: {err}) — delete the folder {folder} to "
+                             "train this model again") from err
+        try:
+            return cls(config=from_dict(FinetuneConfig, data["config"]), history=data["history"],
+                       best_epoch=data["best_epoch"], metrics=data["metrics"], reference=data["reference"],
+                       predictions=predictions, n_parameters=data["n_parameters"],
+                       n_trainable_parameters=data["n_trainable_parameters"], seconds=data["seconds"], folder=folder)
+        except (KeyError, TypeError, ConfigError) as err:
+            raise CacheError(f"{folder / RESULT_FILE} is not a tauml fine-tuning result ({type(err).__name__}: "
+                             f"{err}) — delete the folder {folder} to train this model again") from err
 
     @property
     def headline(self) -> dict[str, float]:
@@ -104,6 +128,55 @@ def inputs(preset: Preset, jets: JetArrays, strategy: str, name: str, lifetime: 
     """The model inputs of ``jets``: the preset tokenizer's tokens for the tau models, candidates for baselines."""
     tokens = pipeline.tokens(preset, jets, name) if strategy in STRATEGIES else None
     return tau_inputs(jets, tokens, lifetime)
+
+
+def load_model_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The best weights a fine-tuning stored in ``folder`` (``model.pt``), read with ``weights_only=True``:
+    a file that is missing, truncated or holds anything but tensors raises :class:`CacheError` naming it."""
+    path = Path(folder) / MODEL_FILE
+    if not path.is_file():
+        raise CacheError(f"{path} does not exist — run the fine-tuning again (pipeline.finetune) to write it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or pickled objects other than tensors
+        raise CacheError(f"{path} is unreadable ({type(err).__name__}: {str(err)[:200]}) — delete the folder "
+                         f"{path.parent} to train this model again") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CacheError(f"{path} is not a state dict of tensors — delete the folder {path.parent} to train this "
+                         "model again")
+    return state
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` and
+    is available here (checked before any folder is created or anything is trained)."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+        raise ConfigError(f"device={device!r} is not a device tauml knows — use auto, cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} was asked for but CUDA is not available on this machine — use "
+                              "cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) — "
+                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("device='mps' was asked for but MPS is not available on this machine — use cpu or auto")
+
+
+def check_config(preset: Preset, config: FinetuneConfig) -> FinetuneConfig:
+    """Every check a fine-tuning's settings get before anything is built, with :class:`ConfigError` saying what
+    to change (the panel shows it; the command line checks the same with its option names): the settings, an
+    unfreeze epoch past the last epoch, the GPT blocks the backbone has, the device.  Returns the resolved config."""
+    config.validate()
+    if config.strategy == "fine_tuning" and config.unfreeze_epoch > config.epochs:
+        raise ConfigError(f"unfreeze_epoch={config.unfreeze_epoch} is past the last epoch (epochs={config.epochs}): "
+                          f"the backbone would never be unfrozen — choose 0..{config.epochs} or the fixed backbone")
+    resolved = resolve(preset, config)
+    check_device(config.device)
+    return resolved
 
 
 def build_model(preset: Preset, config: FinetuneConfig) -> torch.nn.Module:
@@ -133,13 +206,39 @@ def finetune(
     """
     preset = get_preset(preset)
     config = resolve(preset, config)
+    check_device(config.device)
     folder = Path(folder) if folder is not None else pipeline.finetune_dir(preset, same_training(config))
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / RESULT_FILE).exists():
-        result = FinetuneResult.from_folder(folder)
-        result.config = config
-        return result
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"folder={folder} is a file — give a folder for the fine-tuning's results")
+    # two runs of one training wait for each other; a failed first run leaves no folder; under torchrun all ranks
+    # train it (data parallel), rank 0 decides from the files and writes them
+    with distributed.main_builds(folder):
+        cached = _cached_result(preset, config, folder) if distributed.is_main() else None
+        if distributed.broadcast(cached is not None):
+            return cached if cached is not None else replace(FinetuneResult.from_folder(folder), config=config)
+        return _train(preset, config, folder, progress, callback, max_epochs_this_call)
 
+
+def _cached_result(preset: Preset, config: FinetuneConfig, folder: Path) -> FinetuneResult | None:
+    """The stored result in ``folder`` when its files are intact and it was built from the tokenizer and backbone
+    cached now; else None, after clearing the folder with one line saying why (it is trained again)."""
+    if not (folder / RESULT_FILE).exists():
+        return None
+    problem = entry_problem(folder / RESULT_FILE, pipeline.built_from(preset, config.strategy))
+    if problem is None:
+        try:
+            result = FinetuneResult.from_folder(folder)
+        except CacheError as err:
+            problem = str(err)
+        else:
+            result.config = config
+            return result
+    clear_entry(folder, problem)
+    return None
+
+
+def _train(preset: Preset, config: FinetuneConfig, folder: Path, progress: bool, callback: EpochCallback | None,
+           max_epochs_this_call: int | None) -> FinetuneResult:
     common.limit_threads()
     device = common.select_device(config.device)
     lifetime = False
@@ -170,8 +269,15 @@ def finetune(
         n_trainable_parameters=_n_trainable(model, config),
         seconds=trained.seconds, folder=folder,
     )
-    np.savez_compressed(folder / PREDICTIONS_FILE, **result.predictions)
-    write_json(folder / RESULT_FILE, result.to_dict())
+    if not distributed.is_main():
+        return result
+    with atomic_path(folder / PREDICTIONS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **result.predictions)
+    # written last: the result vouches for its files and names the tokenizer and backbone it was built from
+    write_json(folder / RESULT_FILE, {
+        **result.to_dict(), "built_from": pipeline.built_from(preset, config.strategy),
+        "files": {name: file_record(folder / name) for name in (PREDICTIONS_FILE, MODEL_FILE)
+                  if (folder / name).is_file()}})
     (folder / STATE_FILE).unlink(missing_ok=True)
     return result
 
@@ -179,6 +285,7 @@ def finetune(
 def _worker_init() -> None:
     """Worker processes of :func:`finetune_many` use one thread each: for small models two processes with one
     thread get 1.6x the throughput of one process with two (measured on 2 cores)."""
+    die_with_parent()
     torch.set_num_threads(1)
     os.environ["TAUML_PROGRESS"] = "0"
 
@@ -212,10 +319,9 @@ def finetune_many(preset: str | Preset, configs: list[FinetuneConfig], workers: 
             todo.setdefault(folder, []).append(i)
     if not todo:
         return results
+    pipeline.tokenizer(preset, progress=progress)  # build (or verify) once, before the workers start
     if any(configs[ix[0]].strategy in ("fixed_backbone", "fine_tuning") for ix in todo.values()):
-        pipeline.backbone_checkpoint(preset, progress=progress)  # build once, before the workers start
-    else:
-        pipeline.tokenizer(preset, progress=progress)
+        pipeline.backbone_checkpoint(preset, progress=progress)
     workers = common.parallel_workers(len(todo), workers)
     bar = common.progress(total=len(todo), desc="trainings", unit="model", disable=not progress or None, leave=True)
 
@@ -258,6 +364,10 @@ def _n_trainable(model: torch.nn.Module, config: FinetuneConfig) -> int:
 def resolve(preset: Preset, config: FinetuneConfig) -> FinetuneConfig:
     """``config`` with what ``0`` means filled in (all GPT blocks) and checked against the preset."""
     config.validate()
+    if config.strategy == "fine_tuning" and config.unfreeze_epoch > config.epochs:
+        warnings.warn(f"unfreeze_epoch={config.unfreeze_epoch} is past the last epoch (epochs={config.epochs}): the "
+                      "backbone is never unfrozen, so this trains the fixed backbone (stored as fixed_backbone)",
+                      UserWarning, stacklevel=2)
     if config.strategy in STRATEGIES and config.n_gpt_blocks == 0:
         config = replace(config, n_gpt_blocks=preset.gpt.n_layer)
     if config.strategy in BASELINES:
@@ -266,7 +376,7 @@ def resolve(preset: Preset, config: FinetuneConfig) -> FinetuneConfig:
         config = replace(config, unfreeze_epoch=0)
     if config.n_gpt_blocks > preset.gpt.n_layer:
         raise ConfigError(f"n_gpt_blocks={config.n_gpt_blocks}, but the backbone of preset {preset.name!r} has "
-                          f"{preset.gpt.n_layer} blocks")
+                          f"{preset.gpt.n_layer} blocks — choose 1..{preset.gpt.n_layer} (0 = all)")
     return config
 
 

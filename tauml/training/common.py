@@ -1,25 +1,22 @@
-"""What every training loop in tauml shares: devices, seeds, schedules, batches, checkpoints that resume.
+"""Small pieces every training in tauml uses: devices, seeds, schedules, batches (the loop itself, its
+checkpoints and resume are :mod:`tauml.training.engine`).
 
-A training loop built from these pieces is reproducible (the same seed gives the same numbers on CPU) and
-resumable: the state after each epoch (model, optimiser, scheduler, random-number generators, history) is
-written atomically, and a run started again with the same configuration continues from the last finished
-epoch and ends with the same weights as a run that was never interrupted.
+Batches are a function of (seed, epoch) only, so a resumed run, or one on another number of processes,
+visits the jets exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from tauml.cache import atomic_path
-from tauml.models import CheckpointError
+from tauml.training import distributed
 from tauml.utils import parallel_workers, progress, usable_cores
 
 #: Re-exported for the training loops: ``common.progress`` and ``common.parallel_workers`` (torch-free, in utils).
@@ -27,12 +24,25 @@ __all__ = ["parallel_workers", "progress"]
 
 
 def select_device(device: str = "auto") -> torch.device:
-    """``"auto"`` gives CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` are taken as given."""
+    """``"auto"`` gives CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` are taken as given,
+    except that ``"auto"``/``"cuda"`` under torchrun give each process its own GPU (``cuda:LOCAL_RANK``)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+    if device == "cuda" and distributed.launched():
+        return distributed.local_cuda_device()
     return torch.device(device)
+
+
+Config = TypeVar("Config")
+
+
+def placement_free(config: Config) -> Config:
+    """``config`` with where and in what precision it trains (``device``, ``bf16``) set to their defaults:
+    what names a run or a cached model, since a model trained on a GPU is the same model."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in ("device", "bf16")}
+    return dataclasses.replace(config, **defaults)
 
 
 def seed_everything(seed: int) -> None:
@@ -114,37 +124,3 @@ def make_adamw(parameters: Any, **kwargs: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(parameters, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(parameters, **kwargs)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_training_state(path: str | os.PathLike[str], **state: Any) -> None:
-    """Atomically save a resumable training state (state dicts, epoch, history, RNG states, config)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load what :func:`save_training_state` wrote.  RNG states need ``weights_only=False``; only load
-    states this machine wrote itself (the cache), never a file from elsewhere."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign file
-        raise CheckpointError(
-            f"cannot read the training state {path}: {err}. Delete it to start the training afresh."
-        ) from err

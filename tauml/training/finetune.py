@@ -5,14 +5,13 @@
 validation every epoch, the best epoch by validation loss.  It knows nothing of presets, caches or test sets:
 :func:`tauml.pipeline.finetune` assembles the jets and the model, calls it, and evaluates the result.
 
-An interrupted training resumes after its last finished epoch (``state.pt`` in ``folder``) with the same final
-weights as an uninterrupted one.
+It runs the training engine (:mod:`tauml.training.engine`): an interrupted training resumes after its last
+finished epoch (``state.pt`` in ``folder``) with the same final weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from tauml.cache import atomic_path
 from tauml.config import BASELINES, FinetuneConfig, to_dict
 from tauml.data.features import JetArrays
 from tauml.models.tau import apply_strategy
-from tauml.training import common
+from tauml.training import common, engine
 from tauml.training.common import make_adamw
 from tauml.training.losses import task_loss
 
@@ -50,6 +50,11 @@ class TauInputs:
         """Real positions per jet (tokens for tau models, constituents for baselines), for length bucketing."""
         mask = self.tensors["token_mask"] if "token_mask" in self.tensors else self.tensors["mask"]
         return mask.sum(1).numpy()
+
+    def fingerprint(self) -> list[Any]:
+        """Jets and the sums of every tensor: tells a resumed training that its data changed."""
+        return [len(self), *(round(float(v.double().nansum()), 6) for v in (*self.tensors.values(),
+                                                                          *self.targets.values()))]
 
     def batch(self, index: np.ndarray, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         idx = torch.as_tensor(index)
@@ -127,13 +132,22 @@ def optimised_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 @dataclass
 class TrainedModel:
     """The outcome of :func:`train_tau_model`: the model with its best epoch's weights (when ``finished``),
-    the per-epoch history, the best epoch and the training time in seconds."""
+    the per-epoch history (:func:`epoch_lists`), the best epoch and the training time in seconds."""
 
     model: torch.nn.Module
     history: dict[str, list]
     best_epoch: int
     finished: bool
     seconds: float
+
+
+#: The per-epoch entries of a fine-tuning history (:func:`epoch_lists`).
+HISTORY_KEYS = ("train_loss", "val_loss", "lr", "backbone_trainable", "seconds")
+
+
+def epoch_lists(history: dict[str, Any]) -> dict[str, list]:
+    """A fine-tuning's history as one list per quantity (what results, scans and widgets keep)."""
+    return {key: [record[key] for record in history["epochs"]] for key in HISTORY_KEYS}
 
 
 def train_tau_model(
@@ -149,64 +163,38 @@ def train_tau_model(
 ) -> TrainedModel:
     """Train ``model`` (already on ``device``, initialised from ``config.seed``) on ``train``; keep the epoch
     with the lowest loss on ``val``.  ``folder`` receives ``state.pt`` after every epoch (the resume point)
-    and ``model.pt`` (the best weights) at the end.  ``max_epochs_this_call`` stops after that many epochs
-    (call again to continue); ``callback`` is called after every epoch."""
+    and ``model.pt`` (the best weights so far).  ``max_epochs_this_call`` stops after that many epochs (call
+    again to continue); ``callback(epoch, record, history)`` is called after every epoch.  A state in
+    ``folder`` of other settings or data is a :class:`~tauml.models.CheckpointError`.  Under torchrun every
+    process calls it alike and trains its slice of each batch."""
     folder = Path(folder)
     optimizer = make_adamw(optimised_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     scheduler = common.make_cosine_scheduler(optimizer, config.epochs * steps_per_epoch, 0, config.min_lr_fraction)
-    history: dict[str, list] = {"train_loss": [], "val_loss": [], "lr": [], "backbone_trainable": [], "seconds": []}
-    best = {"epoch": -1, "val_loss": math.inf, "state": None}
-    first_epoch = 0
-    state_path = folder / STATE_FILE
-    if state_path.exists():
-        state = common.load_training_state(state_path)
-        if state.get("config") == to_dict(config):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            common.set_rng_state(state["rng"])
-            history, best, first_epoch = state["history"], state["best"], state["epoch"]
 
-    started = time.perf_counter() - sum(history["seconds"])
-    bar = common.progress(range(first_epoch, config.epochs), desc=f"{config.task} {config.strategy}",
-                          total=config.epochs, initial=first_epoch, disable=not progress or None, unit="epoch")
-    stop = config.epochs if max_epochs_this_call is None else min(config.epochs, first_epoch + max_epochs_this_call)
-    for epoch in bar:
-        if epoch >= stop:
-            break
-        t0 = time.perf_counter()
-        trainable = set_epoch(model, config, epoch)
-        model.train()
-        total, count = 0.0, 0
-        for index in common.bucketed_batches(train.lengths, config.batch_size, config.seed, epoch):
-            inputs, targets = train.batch(index, device)
-            loss = task_loss(config.task, forward(model, inputs), targets, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(index)
-            count += len(index)
-        val_loss, _ = evaluate_outputs(model, val, config, device)
-        record = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
-                  "lr": scheduler.get_last_lr()[0], "backbone_trainable": trainable,
-                  "seconds": time.perf_counter() - t0}
-        for key in history:
-            history[key].append(record[key])
-        if val_loss < best["val_loss"]:
-            best = {"epoch": epoch, "val_loss": val_loss,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        common.save_training_state(state_path, config=to_dict(config), epoch=epoch + 1, model=model.state_dict(),
-                                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                   rng=common.rng_state(), history=history, best=best)
-        bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}", best=best["epoch"])
-        if callback is not None:
-            callback(epoch, record, history)
-    bar.close()
-    finished = len(history["val_loss"]) >= config.epochs
+    def step(index: np.ndarray) -> tuple[torch.Tensor, int]:
+        inputs, targets = train.batch(index, device)
+        return task_loss(config.task, forward(model, inputs), targets, config), len(index)
+
+    def save(history: dict[str, Any], improved: bool) -> None:
+        if improved:
+            with atomic_path(folder / MODEL_FILE) as tmp:
+                torch.save(model.state_dict(), tmp)
+
+    trainer = engine.Trainer(
+        model, optimizer, scheduler, step=step, epochs=config.epochs, folder=folder, state_file=STATE_FILE,
+        batches=lambda epoch: common.bucketed_batches(train.lengths, config.batch_size, config.seed, epoch),
+        validate=lambda model: {"val_loss": evaluate_outputs(model, val, config, device)[0]},
+        run={"config": to_dict(common.placement_free(config)), "train": train.fingerprint(), "val": val.fingerprint()},
+        seed=config.seed, name=f"fine-tuning ({config.task}, {config.strategy})", save=save, progress=progress,
+        on_epoch_start=lambda epoch: {"backbone_trainable": set_epoch(model, config, epoch)},
+    )
+    callbacks = [] if callback is None else [lambda epoch, record, history: callback(epoch, record,
+                                                                                  epoch_lists(history))]
+    history = trainer.fit(max_epochs_this_call, callbacks)
+    finished = len(history["epochs"]) >= config.epochs
     if finished:
-        model.load_state_dict(best["state"])
-        torch.save(best["state"], folder / MODEL_FILE)
-    return TrainedModel(model=model, history=history, best_epoch=int(best["epoch"]), finished=finished,
-                        seconds=time.perf_counter() - started)
+        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=device, weights_only=True))
+    best_epoch = -1 if history["best_epoch"] is None else history["best_epoch"]
+    return TrainedModel(model=model, history=epoch_lists(history), best_epoch=best_epoch, finished=finished,
+                        seconds=history["epochs"][-1]["elapsed_s"] if history["epochs"] else 0.0)

@@ -15,10 +15,8 @@ ending with the same weights as an uninterrupted run; run it after it finished a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +32,7 @@ from tauml.evaluation.generation import unigram_perplexity
 from tauml.models import CheckpointError
 from tauml.models.checkpoints import load_backbone, save_backbone
 from tauml.models.gpt import GPT, PAD_ID, START_ID, next_token_loss
-from tauml.training import common
+from tauml.training import common, engine
 
 BACKBONE_FILE = "backbone.pt"
 HISTORY_FILE = "history.json"
@@ -55,13 +53,16 @@ def pretrain(
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
+    max_epochs_this_call: int | None = None,
 ) -> tuple[GPT, dict[str, Any]]:
     """Pretrain a GPT by next-token prediction; return the best model (lowest validation loss) and the history.
 
     ``*_tokens`` are int token ids ``(n_jets, L)``, ``*_mask`` boolean ``(n_jets, L)`` (True = real token).
     ``gpt_config.vocab_size`` must be the tokenizer's ``vocab_size``.  ``metadata`` (JSON-like, e.g. the
     tokenizer checkpoint's hash) is stored in ``backbone.pt``.  ``on_epoch_end`` may stop the run by raising
-    (a notebook's interrupt does the same): calling :func:`pretrain` again resumes after the last finished epoch.
+    (a notebook's interrupt does the same), as does ``max_epochs_this_call``: calling :func:`pretrain` again
+    resumes after the last finished epoch.  Under torchrun every process calls it with the same data and
+    trains its slice of each batch (docs/training.md); only rank 0 writes.
     """
     config.validate()
     gpt_config.validate()
@@ -78,17 +79,15 @@ def pretrain(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_key = _run_key(train_tokens, val_tokens, gpt_config, config)
-    state = _load_state(out_dir, run_key)
-    if state is not None and state["epoch"] == config.epochs:
+    done = engine.finished_history(out_dir / STATE_FILE, run_key, config.epochs, "pretraining run")
+    if done is not None:
         if not (out_dir / BACKBONE_FILE).is_file():
             raise CheckpointError(f"the run in {out_dir} finished but its {BACKBONE_FILE} is gone: delete "
                                   f"{out_dir / STATE_FILE} to pretrain again")
-        return load_backbone(out_dir / BACKBONE_FILE), state["history"]
+        return load_backbone(out_dir / BACKBONE_FILE), done
 
     common.limit_threads()
     device = common.select_device(config.device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
-                else contextlib.nullcontext())
     common.seed_everything(config.seed)
     model = GPT(gpt_config).to(device)
     optimizer = _make_optimizer(model, config)
@@ -96,79 +95,49 @@ def pretrain(
     scheduler = common.make_cosine_scheduler(
         optimizer, config.epochs * steps_per_epoch, config.warmup_steps, config.min_lr_fraction
     )
-    if state is None:
-        history: dict[str, Any] = {
-            "epochs": [], "best_epoch": None, "best_val_loss": None,
-            "unigram_perplexity": unigram_perplexity(train_tokens, train_mask, val_tokens, val_mask,
+    info = {"unigram_perplexity": unigram_perplexity(train_tokens, train_mask, val_tokens, val_mask,
                                                      gpt_config.vocab_size),
             "n_train_jets": len(train_tokens), "n_val_jets": len(val_tokens),
             "n_parameters": sum(p.numel() for p in model.parameters()),
-            "gpt_config": to_dict(gpt_config), "pretrain_config": to_dict(config),
-        }
-        first_epoch = 0
-    else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        common.set_rng_state(state["rng"])
-        history, first_epoch = state["history"], state["epoch"]
-
+            "gpt_config": to_dict(gpt_config), "pretrain_config": to_dict(config)}
     train_tokens, train_mask = train_tokens.to(device), train_mask.to(device)
-    for epoch in range(first_epoch, config.epochs):
-        started = time.perf_counter()
-        model.train()
-        loss_sum, n_targets, n_jets = torch.zeros((), device=device), 0, 0
-        order = torch.as_tensor(common.epoch_permutation(len(train_tokens), config.seed, epoch), device=device)
-        bar = common.progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                              **({} if progress else {"disable": True}))
-        for index in common.batches(len(order), config.batch_size, order):
-            tokens, mask = _trim(train_tokens[index], train_mask[index])
-            with autocast:
-                loss, count = next_token_loss(model, tokens, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach().float() * count
-            n_targets += count
-            n_jets += len(index)
-            bar.update()
-            if bar.n % 10 == 0 or bar.n == steps_per_epoch:  # reading the loss waits for the device
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}",
-                                tokens_per_s=f"{n_targets / (time.perf_counter() - started):.0f}")
-        bar.close()
-        train_time = time.perf_counter() - started
+
+    def step(index: np.ndarray) -> tuple[torch.Tensor, int]:
+        index = torch.as_tensor(index, device=device)
+        tokens, mask = _trim(train_tokens[index], train_mask[index])
+        with engine.autocast(device, config.bf16):
+            return next_token_loss(model, tokens, mask)
+
+    def validate(model: GPT) -> dict[str, float]:
         val = evaluate(model, val_tokens, val_mask, config.batch_size, bf16=config.bf16)
-        previous_elapsed = history["epochs"][-1]["elapsed_s"] if history["epochs"] else 0.0
-        record = {
-            "epoch": epoch, "train_loss": float(loss_sum) / n_targets, "val_loss": val["loss"],
-            "val_perplexity": val["perplexity"], "tokens_per_s": n_targets / train_time,
-            "jets_per_s": n_jets / train_time, "train_time_s": train_time, "train_tokens": n_targets,
-            "lr": scheduler.get_last_lr()[0],
-            "elapsed_s": previous_elapsed + time.perf_counter() - started,
-        }
-        history["epochs"].append(record)
-        if history["best_val_loss"] is None or val["loss"] < history["best_val_loss"]:
-            history["best_epoch"], history["best_val_loss"] = epoch, val["loss"]
+        return {"val_loss": val["loss"], "val_perplexity": val["perplexity"]}
+
+    def save(history: dict[str, Any], improved: bool) -> None:
+        if improved:
+            best = history["epochs"][-1]
             save_backbone(model, out_dir / BACKBONE_FILE, {
-                **(metadata or {}), "epoch": epoch, "epochs": config.epochs, "val_loss": val["loss"],
-                "val_perplexity": val["perplexity"], "unigram_perplexity": history["unigram_perplexity"],
+                **(metadata or {}), "epoch": best["epoch"], "epochs": config.epochs, "val_loss": best["val_loss"],
+                "val_perplexity": best["val_perplexity"], "unigram_perplexity": history["unigram_perplexity"],
                 "run_key": run_key,
             })
-        common.save_training_state(
-            out_dir / STATE_FILE, run_key=run_key, epoch=epoch + 1, model=model.state_dict(),
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=common.rng_state(),
-            history=history,
-        )
         write_json(out_dir / HISTORY_FILE, history)
-        if progress:
-            print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
-                  f"val loss {val['loss']:.4f}, val perplexity {val['perplexity']:.1f} "
-                  f"(unigram {history['unigram_perplexity']:.1f}), {record['tokens_per_s']:.0f} tokens/s")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
+
+    def describe(record: dict[str, Any]) -> str:
+        return (f"epoch {record['epoch'] + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+                f"val loss {record['val_loss']:.4f}, val perplexity {record['val_perplexity']:.1f} "
+                f"(unigram {info['unigram_perplexity']:.1f}), {record['tokens_per_s']:.0f} tokens/s")
+
+    trainer = engine.Trainer(
+        model, optimizer, scheduler, step=step, validate=validate, epochs=config.epochs, folder=out_dir,
+        batches=lambda epoch: list(common.batches(len(train_tokens), config.batch_size,
+                                                  common.epoch_permutation(len(train_tokens), config.seed, epoch))),
+        run=run_key, seed=config.seed, state_file=STATE_FILE, name="pretraining", info=info,
+        grad_clip=config.grad_clip, unit="tokens", save=save, describe=describe, progress=progress,
+    )
+    callbacks = [] if on_epoch_end is None else [lambda epoch, record, history: on_epoch_end(epoch, record)]
+    history = trainer.fit(max_epochs_this_call, callbacks)
+    if len(history["epochs"]) < config.epochs:
+        return model, history
     return load_backbone(out_dir / BACKBONE_FILE), history
 
 
@@ -182,8 +151,6 @@ def evaluate(model: GPT, tokens: torch.Tensor | np.ndarray, mask: torch.Tensor |
     """
     tokens, mask = torch.as_tensor(tokens), torch.as_tensor(mask)
     device = next(model.parameters()).device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16
-                else contextlib.nullcontext())
     was_training = model.training
     model.eval()
     order = torch.argsort(mask.sum(dim=1), stable=True)
@@ -191,7 +158,7 @@ def evaluate(model: GPT, tokens: torch.Tensor | np.ndarray, mask: torch.Tensor |
     try:
         for index in common.batches(len(order), batch_size, order.numpy()):
             batch_tokens, batch_mask = _trim(tokens[index].to(device), mask[index].to(device))
-            with autocast:
+            with engine.autocast(device, bf16):
                 loss, count = next_token_loss(model, batch_tokens, batch_mask)
             loss_sum += float(loss) * count
             n_targets += count
@@ -253,22 +220,9 @@ def _check_sequences(tokens: Any, mask: Any, vocab_size: int, what: str) -> tupl
 
 def _run_key(train_tokens: torch.Tensor, val_tokens: torch.Tensor, gpt_config: GPTConfig,
              config: PretrainConfig) -> str:
-    """Names one run: configuration (the device aside) and the exact data."""
+    """Names one run: configuration (device and precision aside) and the exact data."""
     digest = hashlib.sha256()
     for tokens in (train_tokens, val_tokens):
         digest.update(str(tuple(tokens.shape)).encode())
         digest.update(tokens.numpy().tobytes())
-    return config_hash(gpt_config, replace(config, device="any"), digest.hexdigest())
-
-
-def _load_state(out_dir: Path, run_key: str) -> dict[str, Any] | None:
-    path = out_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    state = common.load_training_state(path)
-    if state.get("run_key") != run_key:
-        raise CheckpointError(
-            f"{out_dir} holds a pretraining run with other settings or data (run {state.get('run_key')}, "
-            f"this one {run_key}): use another out_dir (e.g. tauml.cache.cache_path('backbone', key)) or delete it"
-        )
-    return state
+    return config_hash(gpt_config, replace(common.placement_free(config), device="any"), digest.hexdigest())

@@ -1,7 +1,7 @@
 """Training the VQ-VAE tokenizer, and measuring how well its tokens keep the constituents.
 
-:func:`train_tokenizer` is resumable: after every epoch it writes ``state.pt`` (weights, optimiser,
-scheduler, random-number states, history) and, when the validation loss improved, the best tokenizer to
+:func:`train_tokenizer` runs the training engine (:mod:`tauml.training.engine`): after every epoch it writes
+``state.pt`` (the resume point) and, when the validation loss improved, the best tokenizer to
 ``tokenizer.pt``; calling it again with the same ``out_dir`` continues after the last finished epoch and
 ends with the same weights as an uninterrupted run.  Losses count real constituents only.
 
@@ -12,7 +12,6 @@ confusion matrices and the codebook usage.  See docs/tokenizer.md.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,9 @@ from tauml.data.features import (
     JetArrays,
     constituent_arrays,
 )
-from tauml.models import CheckpointError
 from tauml.models.checkpoints import load_tokenizer, save_tokenizer
 from tauml.models.vqvae import Tokenizer, code_counts, perplexity, utilisation
-from tauml.training import common
+from tauml.training import common, engine
 
 #: Linear warm-up over this fraction of all steps, then cosine decay to MIN_LR_FRACTION x lr (OmniJet-alpha
 #: warms up over its first 4 of 100 epochs and ends at 0.3 x the peak).
@@ -41,6 +39,7 @@ MIN_LR_FRACTION = 0.1
 EVAL_BATCH_SIZE = 1024
 #: Training batches are formed within groups of this many batches of similar jet length (see _epoch_batches).
 BUCKET_BATCHES = 16
+STATE_FILE = "state.pt"
 
 JetsLike = JetArrays | tuple[np.ndarray, np.ndarray]
 
@@ -61,6 +60,9 @@ def train_tokenizer(
     ``config.train_jets`` training jets are used when it is positive.  ``out_dir`` receives ``tokenizer.pt``
     (best epoch), ``state.pt`` (resume point) and ``history.json`` (one entry per epoch).
     ``max_epochs_this_call`` stops after that many epochs in this call (call again to continue).
+
+    The tokenizer trains in float32 and in one process, even under torchrun (the pipeline trains it on rank 0
+    while the others wait): k-means and the dead-code replacement draw from each batch, see docs/training.md.
     """
     config.validate()
     features.validate()
@@ -73,77 +75,62 @@ def train_tokenizer(
         train_x, train_mask = train_x[:config.train_jets], train_mask[:config.train_jets]
     run = {"tokenizer_config": to_dict(config), "feature_config": to_dict(features),
            "train": _fingerprint(train_x, train_mask), "val": _fingerprint(val_x, val_mask)}
-
-    state_path, best_path = out_dir / "state.pt", out_dir / "tokenizer.pt"
-    state = common.load_training_state(state_path) if state_path.exists() else None
-    if state is not None and state["run"] != run:
-        raise CheckpointError(f"{out_dir} holds a tokenizer training with other settings or data "
-                              f"({state['run']}); use another out_dir or delete {state_path}")
-    if state is not None and state["epoch"] >= config.epochs:
-        return load_tokenizer(best_path, device=common.select_device(device))
-
+    best_path = out_dir / "tokenizer.pt"
     torch_device = common.select_device(device)
+    if engine.finished_history(out_dir / STATE_FILE, run, config.epochs, "tokenizer training") is not None:
+        return load_tokenizer(best_path, device=torch_device)
+
     common.seed_everything(config.seed)
     tokenizer = Tokenizer(config, features).to(torch_device)
+    quantizer = tokenizer.vqvae.quantizer
     optimizer = _make_optimizer(tokenizer, config)
     batch_size = min(config.batch_size, len(train_x))
     train_counts = train_mask.sum(1)
-    steps_per_epoch = len(train_x) // batch_size  # drop_last: k-means and dead-code statistics see full batches
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = len(train_x) // batch_size * config.epochs  # drop_last: k-means and dead codes see full batches
     scheduler = common.make_cosine_scheduler(optimizer, total_steps, math.ceil(WARMUP_FRACTION * total_steps),
                                              MIN_LR_FRACTION)
-    history: list[dict[str, Any]] = []
-    best_loss, start_epoch = math.inf, 0
-    if state is not None:
-        tokenizer.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        common.set_rng_state(state["rng"])
-        history, best_loss, start_epoch = state["history"], state["best_loss"], state["epoch"]
+    replaced_before = [0]
 
-    if not bool(tokenizer.vqvae.quantizer.initialised):  # k-means on a random batch, not a bucket of short jets
-        first = common.epoch_permutation(len(train_x), config.seed, 0)[:batch_size]
-        tokenizer.vqvae.initialise_codebook(*_batch(train_x, train_mask, first, torch_device))
+    def start_epoch(epoch: int) -> None:
+        if not bool(quantizer.initialised):  # k-means on a random batch, not a bucket of short jets
+            first = common.epoch_permutation(len(train_x), config.seed, 0)[:batch_size]
+            tokenizer.vqvae.initialise_codebook(*_batch(train_x, train_mask, first, torch_device))
+        replaced_before[0] = quantizer.replaced_count
 
-    stop_epoch = config.epochs if max_epochs_this_call is None else min(config.epochs,
-                                                                        start_epoch + max_epochs_this_call)
-    for epoch in range(start_epoch, stop_epoch):
-        started = time.perf_counter()
-        tokenizer.train()
-        replaced_before = tokenizer.vqvae.quantizer.replaced_count
-        sums = {"loss": 0.0, "continuous": 0.0, "categorical": 0.0, "vq": 0.0}
-        bar = common.progress(_epoch_batches(train_counts, batch_size, config.seed, epoch),
-                              total=steps_per_epoch, desc=f"tokenizer epoch {epoch + 1}/{config.epochs}",
-                              **({} if progress else {"disable": True}))
-        for step, index in enumerate(bar, start=1):
-            out = train_step(tokenizer, optimizer, *_batch(train_x, train_mask, index, torch_device), config.grad_clip)
-            scheduler.step()
-            sums["loss"] += float(out.loss.detach())
-            for key, value in out.parts.items():
-                sums[key] += float(value)
-            bar.set_postfix(loss=f"{sums['loss'] / step:.4f}", refresh=False)
+    def step(index: np.ndarray) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        out = tokenizer(*_batch(train_x, train_mask, index, torch_device))
+        return out.loss, 1, out.parts  # count 1: the history averages the (full) batches' mean losses
+
+    def validate(model: Tokenizer) -> dict[str, Any]:
         metrics = evaluate(tokenizer, val_x, val_mask)
-        entry = {"epoch": epoch + 1, **{f"train_{k}": v / max(1, steps_per_epoch) for k, v in sums.items()},
-                 **{f"val_{k}": v for k, v in metrics.items()},
-                 "codes_replaced": tokenizer.vqvae.quantizer.replaced_count - replaced_before,
-                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
-        history.append(entry)
-        if progress:
-            print(_summary(entry))
         if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"the tokenizer's validation loss is {metrics['loss']} after epoch {epoch + 1}: "
-                                     "training diverged; lower lr or lower grad_clip")
-        if metrics["loss"] < best_loss:
-            best_loss = metrics["loss"]
-            tokenizer.metadata = {"epochs": config.epochs, "best_epoch": epoch + 1, "val_loss": best_loss,
-                                  "utilisation": metrics["utilisation"], "perplexity": metrics["perplexity"],
-                                  "n_train": len(train_x)}
+            raise FloatingPointError(f"the tokenizer's validation loss is {metrics['loss']}: training diverged; "
+                                     "lower lr or lower grad_clip")
+        return {**{f"val_{k}": v for k, v in metrics.items()},
+                "codes_replaced": quantizer.replaced_count - replaced_before[0]}
+
+    def save(history: dict[str, Any], improved: bool) -> None:
+        if improved:
+            best = history["epochs"][-1]
+            tokenizer.metadata = {"epochs": config.epochs, "best_epoch": best["epoch"] + 1,
+                                  "val_loss": best["val_loss"], "utilisation": best["val_utilisation"],
+                                  "perplexity": best["val_perplexity"], "n_train": len(train_x)}
             save_tokenizer(tokenizer, best_path)
-        write_json(out_dir / "history.json", history)
-        common.save_training_state(state_path, model=tokenizer.state_dict(), optimizer=optimizer.state_dict(),
-                                   scheduler=scheduler.state_dict(), rng=common.rng_state(), epoch=epoch + 1,
-                                   history=history, best_loss=best_loss, run=run)
+        write_json(out_dir / "history.json", epoch_list(history))
+
+    engine.Trainer(
+        tokenizer, optimizer, scheduler, step=step, validate=validate, epochs=config.epochs, folder=out_dir,
+        batches=lambda epoch: _epoch_batches(train_counts, batch_size, config.seed, epoch),
+        run=run, seed=config.seed, state_file=STATE_FILE, name="tokenizer training", grad_clip=config.grad_clip,
+        unit="batches", on_epoch_start=start_epoch, save=save, progress=progress, data_parallel=False,
+        describe=lambda record: _summary(epoch_list({"epochs": [record]})[0]),
+    ).fit(max_epochs_this_call)
     return load_tokenizer(best_path, device=torch_device)
+
+
+def epoch_list(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tokenizer's ``history.json``: the engine's epoch records, epochs counted from 1."""
+    return [{**record, "epoch": record["epoch"] + 1} for record in history["epochs"]]
 
 
 def _epoch_batches(counts: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -151,18 +138,6 @@ def _epoch_batches(counts: np.ndarray, batch_size: int, seed: int, epoch: int) -
     JetClass-like jets (128 slots, ~45 used) cutting each batch after its longest jet saves about a third of
     the time, without changing what a batch computes."""
     return common.bucketed_batches(counts, batch_size, seed, epoch, BUCKET_BATCHES, drop_last=True)
-
-
-def train_step(tokenizer: Tokenizer, optimizer: torch.optim.Optimizer, x: torch.Tensor, mask: torch.Tensor,
-               grad_clip: float):
-    """One optimisation step on a batch ``x`` (n_jets, n_slots, n_features) with boolean ``mask``; returns the
-    forward output (``.loss``, ``.parts``).  Gradients are clipped to norm ``grad_clip``."""
-    out = tokenizer(x, mask)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), grad_clip)
-    optimizer.step()
-    return out
 
 
 def _make_optimizer(tokenizer: Tokenizer, config: TokenizerConfig) -> torch.optim.AdamW:

@@ -10,22 +10,45 @@ settings shows them at once.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+from traitlets import TraitError, validate
 
 from tauml.config import BASELINES, STRATEGIES, TASKS, FinetuneConfig, Preset, get_preset
 from tauml.evaluation.metrics import confusion_matrix
-from tauml.pipeline.finetuning import finetune
+from tauml.pipeline.finetuning import check_config, finetune
 from tauml.plots import STRATEGY_LABELS
 from tauml.plots import tau as tplots
 from tauml.studies.report import markdown_table
+from tauml.utils import error_sentence, is_expected_error
 from tauml.widgets.common import show
 
 TASK_LABELS = {"id": "τ identification", "reg": "visible pT regression", "dm": "decay mode"}
+
+
+class UnclampedSlider(widgets.IntSlider):
+    """An IntSlider that keeps a value outside its range (set from code, or left behind when its range shrinks)
+    instead of clamping it silently: the panel then says on screen why the value is impossible."""
+
+    @validate("value")
+    def _validate_value(self, proposal: dict[str, Any]) -> int:
+        return proposal["value"]
+
+    @validate("max")
+    def _validate_max(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < self.min:
+            raise TraitError("setting max < min")
+        return proposal["value"]
+
+
+def error_html(err: BaseException) -> str:
+    """The one sentence of an expected failure (as ``tauml <command>: error: ...`` prints it), in red."""
+    return f"<span style='color:#c00'>error: {html.escape(error_sentence(err))}</span>"
 
 
 class FinetunePanel(widgets.VBox):
@@ -44,24 +67,23 @@ class FinetunePanel(widgets.VBox):
                                      description="Task", style=style)
         self.strategy = widgets.Dropdown(options=[(STRATEGY_LABELS.get(s, s), s) for s in STRATEGIES + BASELINES],
                                          value=base.strategy, description="Strategy", style=style)
-        self.epochs = widgets.IntSlider(value=base.epochs, min=1, max=max(100, base.epochs), description="Epochs",
-                                        style=style, continuous_update=False)
-        self.unfreeze_epoch = widgets.IntSlider(value=min(base.unfreeze_epoch, base.epochs), min=0, max=base.epochs,
-                                                description="Unfreeze at epoch", style=style,
-                                                continuous_update=False)
-        self.gpt_blocks = widgets.IntSlider(value=self.preset.gpt.n_layer, min=1, max=self.preset.gpt.n_layer,
-                                            description="GPT blocks", style=style, continuous_update=False)
+        self.epochs = UnclampedSlider(value=base.epochs, min=1, max=max(100, base.epochs), description="Epochs",
+                                      style=style, continuous_update=False)
+        self.unfreeze_epoch = UnclampedSlider(value=min(base.unfreeze_epoch, base.epochs), min=0, max=base.epochs,
+                                              description="Unfreeze at epoch", style=style, continuous_update=False)
+        self.gpt_blocks = UnclampedSlider(value=self.preset.gpt.n_layer, min=1, max=self.preset.gpt.n_layer,
+                                          description="GPT blocks", style=style, continuous_update=False)
         self.train_size = widgets.Dropdown(options=sizes, value=base.train_size if base.train_size in sizes else sizes[0],
                                            description="Training jets", style=style)
-        self.seed = widgets.BoundedIntText(value=base.seed, min=1, max=10_000, description="Seed", style=style,
-                                           layout=widgets.Layout(width="160px"))
+        self.seed = widgets.IntText(value=base.seed, description="Seed", style=style,
+                                    layout=widgets.Layout(width="160px"))
         self.train_button = widgets.Button(description="Train", button_style="primary", icon="play")
         self.status = widgets.HTML()
         self.loss_output = widgets.Output()
         self.metrics_output = widgets.Output()
         self.plot_output = widgets.Output()
-        self.strategy.observe(self._update_controls, names="value")
-        self.epochs.observe(self._update_controls, names="value")
+        for control in (self.strategy, self.epochs, self.unfreeze_epoch, self.gpt_blocks, self.seed):
+            control.observe(self._update_controls, names="value")
         self.train_button.on_click(self._train)
         self._update_controls()
         controls = widgets.VBox([
@@ -79,9 +101,24 @@ class FinetunePanel(widgets.VBox):
                        n_gpt_blocks=self.gpt_blocks.value, train_size=self.train_size.value, seed=self.seed.value)
 
     def _update_controls(self, _change: Any = None) -> None:
-        self.unfreeze_epoch.max = self.epochs.value
+        self.unfreeze_epoch.max = max(self.epochs.value, self.unfreeze_epoch.min)
         self.unfreeze_epoch.disabled = self.strategy.value != "fine_tuning"
         self.gpt_blocks.disabled = self.strategy.value in BASELINES
+        problem = self.problem()
+        if problem is not None:
+            self.status.value = error_html(problem)
+        elif self.status.value.startswith("<span style='color:#c00'>error:"):
+            self.status.value = ""
+
+    def problem(self) -> Exception | None:
+        """Why the controls' settings cannot be trained (the error :func:`check_config` raises), or None."""
+        try:
+            check_config(self.preset, self.config())
+        except Exception as err:
+            if is_expected_error(err):
+                return err
+            raise
+        return None
 
     def _draw_losses(self, history: dict[str, list], unfreeze: int | None) -> None:
         fig, ax = plt.subplots(figsize=(5.5, 4.0))
@@ -98,6 +135,10 @@ class FinetunePanel(widgets.VBox):
 
     def _train(self, _button: Any = None) -> None:
         config = self.config()
+        problem = self.problem()
+        if problem is not None:  # nothing is trained with impossible settings; the status says what to change
+            self.status.value = error_html(problem)
+            return
         unfreeze = config.unfreeze_epoch if config.strategy == "fine_tuning" else None
         self.train_button.disabled = True
         self.status.value = f"training {config.task} with {config.strategy} …"
@@ -106,8 +147,11 @@ class FinetunePanel(widgets.VBox):
         try:
             result = self.run(self.preset, config, progress=False,
                               callback=lambda epoch, record, history: self._draw_losses(history, unfreeze))
-        except Exception as err:  # shown to the user, not swallowed: the message says what to change
-            self.status.value = f"<span style='color:#c00'>{type(err).__name__}: {err}</span>"
+        except Exception as err:  # an expected failure (input, cache) as one sentence; a bug is also raised
+            if is_expected_error(err):
+                self.status.value = error_html(err)
+                return
+            self.status.value = f"<span style='color:#c00'>{type(err).__name__}: {html.escape(str(err))}</span>"
             raise
         finally:
             self.train_button.disabled = False
