@@ -8,8 +8,10 @@
     tauml finetune --task reg --strategy fine_tuning --unfreeze-epoch 10 --gpt-blocks 3 --train-size 2000 --seed 1
     tauml evaluate --task reg --strategy fine_tuning ... --out metrics.json
     tauml scan --task reg --kind unfreeze               ablations and data-efficiency scans (unfreeze|blocks|train_size)
+    tauml prepare --preset demo [--steps data ...]      build in advance all the notebooks train (a warm start)
     tauml demo [--preset demo] [--results results]      the notebook series, headless
     tauml info [--preset demo]                          settings and cache locations
+    tauml import-omnijet CKPT --kind backbone|tokenizer --out PATH   a released OmniJet-alpha checkpoint
 
 Every step is cached by configuration: running it again returns at once, an interrupted run resumes.
 Every expected failure ends in one line, ``tauml <command>: error: <what> — <what to do>``, and exit code 2;
@@ -254,12 +256,37 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("prepare")
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tauml.studies.prepare import STEPS, check_steps, prepare  # torch only once a step runs
+
+    if args.list:
+        for name, (notebook, what) in STEPS.items():
+            print(f"{name:11s} {notebook:16s} {what}")
+        return 0
+    _positive(args, "workers")
+    check_steps(args.steps)  # before anything is built
+    prepare(args.preset, steps=args.steps, workers=args.workers, progress=not args.quiet)
+    return 0
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from tauml.demo import print_summary, run_series
 
     summary = run_series(args.preset, args.results, notebooks=args.notebooks or None)
     print_summary(summary)
+    return 0
+
+
+@command("import-omnijet")
+def cmd_import_omnijet(args: argparse.Namespace) -> int:
+    from tauml.models.omnijet import import_omnijet
+
+    _positive(args, "n_head", "affine_lr")
+    report = import_omnijet(args.checkpoint, args.kind, args.out, n_head=args.n_head, affine_lr=args.affine_lr,
+                            as_initialisation=args.as_initialisation, overwrite=args.overwrite)
+    print("\n".join(report.lines()))
     return 0
 
 
@@ -334,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="metric to summarise (default: the task's headline metric)")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("prepare", help="build in advance everything the notebooks train: data, tokenizers, backbone, "
+                       "fine-tunings, scan points (cached; a warm start for a class or Binder)")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--steps", nargs="+", metavar="STEP",
+                   help="only these steps, e.g. data tokenizer backbone (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list the steps, the notebook each serves and what it builds")
+    p.add_argument("--workers", type=int, help="trainings side by side (default: as the cores and the memory allow)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (each step still prints a line)")
+
     p = sub.add_parser("demo", help="generate the data and run the notebook series headless")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--results", default="results", help="folder for executed notebooks, figures, summary.json")
@@ -341,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print a preset's settings and the cache folder")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+
+    p = sub.add_parser("import-omnijet", help="read a released OmniJet-alpha checkpoint into a tauml one "
+                                              "(docs/omnijet.md)")
+    p.add_argument("checkpoint", help="the OmniJet-alpha Lightning checkpoint (.ckpt), read with weights_only")
+    p.add_argument("--kind", required=True, choices=("backbone", "tokenizer"))
+    p.add_argument("--out", required=True, help="the tauml checkpoint to write")
+    p.add_argument("--n-head", type=int, help="attention heads, when the checkpoint's hyper-parameters are stripped")
+    p.add_argument("--affine-lr", type=float, help="tokenizer: vqtorch's affine_lr, when not recorded in the file")
+    p.add_argument("--as-initialisation", action="store_true",
+                   help="backbone: write the weights although tauml's GPT computes another function with them")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
 

@@ -231,8 +231,9 @@ def test_headline_rows_quote_the_counting_error_of_the_misid() -> None:
                    "n_background": 600}
         return SimpleNamespace(metrics=metrics, n_trainable_parameters=10, reference={})
 
-    (one,) = headline_rows({"id": {"fine_tuning": [run(0.005)]}})
+    one, guessing = headline_rows({"id": {"fine_tuning": [run(0.005)]}})
     assert one["mis-ID at 80 % τ efficiency"] == "0.005 ± 0.0029 (stat., 600 background jets)"
-    (three,) = headline_rows({"id": {"fine_tuning": [run(0.004), run(0.005), run(0.006)]}})
+    assert "random guessing" in guessing["model"] and guessing["mis-ID at 80 % τ efficiency"] == "0.8"  # the floor
+    three, _ = headline_rows({"id": {"fine_tuning": [run(0.004), run(0.005), run(0.006)]}})
     # the sample standard deviation over seeds (ddof=1): 0.001
     assert three["mis-ID at 80 % τ efficiency"] == "0.005 ± 0.001 (seeds) ± 0.0029 (stat., 600 background jets)"

@@ -204,7 +204,11 @@ def cache_key_path(kind: str, *parts: object) -> Path:
     return cache_path(kind, config_hash(*parts))
 
 
-def detector_study(preset: str | Preset = "demo", events: int = 2000) -> dict[str, JetArrays]:
+#: Z -> tau tau events of the detector study (notebook 00's default; ``tauml prepare`` generates them in advance).
+DETECTOR_STUDY_EVENTS = 2000
+
+
+def detector_study(preset: str | Preset = "demo", events: int = DETECTOR_STUDY_EVENTS) -> dict[str, JetArrays]:
     """Tau jets of the same ``z`` events seen by the realistic and by the ideal e+e- detector.
 
     Both runs use the preset's seed and chunking, so Pythia generates identical events and only the detector

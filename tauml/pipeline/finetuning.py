@@ -72,7 +72,7 @@ RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.npz"
 
 __all__ = ["MODEL_FILE", "PREDICTIONS_FILE", "RESULT_FILE", "FinetuneResult", "build_model", "finetune",
-           "finetune_many", "resolve", "same_training"]
+           "finetune_many", "resolve", "same_training", "uses_lifetime"]
 
 
 @dataclass
@@ -128,6 +128,12 @@ def inputs(preset: Preset, jets: JetArrays, strategy: str, name: str, lifetime: 
     """The model inputs of ``jets``: the preset tokenizer's tokens for the tau models, candidates for baselines."""
     tokens = pipeline.tokens(preset, jets, name) if strategy in STRATEGIES else None
     return tau_inputs(jets, tokens, lifetime)
+
+
+def uses_lifetime(preset: Preset, strategy: str) -> bool:
+    """Whether the model of ``strategy`` reads the candidates' lifetime (impact-parameter) features: a baseline
+    whose settings say ``use_lifetime=True`` (``preset.part``, ``preset.deepset``); the tau models never do."""
+    return (strategy == "part" and preset.part.use_lifetime) or (strategy == "deepset" and preset.deepset.use_lifetime)
 
 
 def load_model_state(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -241,7 +247,7 @@ def _train(preset: Preset, config: FinetuneConfig, folder: Path, progress: bool,
            max_epochs_this_call: int | None) -> FinetuneResult:
     common.limit_threads()
     device = common.select_device(config.device)
-    lifetime = False
+    lifetime = uses_lifetime(preset, config.strategy)
     jets = pipeline.tau_jets(preset, config.task, "train", lifetime=lifetime)
     split = pipeline.train_val_split(jets, config.train_size, config.val_size)
     test = pipeline.tau_jets(preset, config.task, "test", lifetime=lifetime)

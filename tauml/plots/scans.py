@@ -3,7 +3,9 @@ data-efficiency bar chart.
 
 The inputs are the rows of :func:`tauml.pipeline.scan.summarize` (mean ± std over seeds) and of
 :func:`tauml.pipeline.scan.data_efficiency`.  One colour per strategy (:data:`tauml.plots.COLORS`); when rows of
-several tasks are given, each task gets its own line style.  Every function returns the figure.
+several tasks are given, each task gets its own line style.  Every function returns the figure; a figure it
+creates itself (no ``ax`` given) is closed for pyplot at once, so a notebook shows it with ``display(fig)`` exactly
+once (Jupyter's inline backend shows only the figures pyplot still holds at the end of a cell).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tauml.plots import COLORS, STRATEGY_LABELS, label
+from tauml.plots import COLORS, STRATEGY_LABELS, closes_own_figure, label
 
 #: Axis labels of the metrics a scan stores.
 METRIC_LABELS: dict[str, str] = {
@@ -24,7 +26,7 @@ METRIC_LABELS: dict[str, str] = {
     "iqr": r"Response IQR $q_{75} - q_{25}$",
     "resolution": r"Resolution IQR$\,/\,q_{50}$",
     "accuracy": "Decay-mode accuracy",
-    "weighted_auc": "Decay-mode AUC (weighted one-vs-rest)",
+    "weighted_auc": "Decay-mode AUC (weighted)",  # short: longer runs past the axis into the x label
     "macro_f1": "Decay-mode macro $F_1$",
     "best_val_loss": "Best validation loss",
     "final_val_loss": "Final validation loss",
@@ -73,6 +75,7 @@ def _plot_errorbars(ax: plt.Axes, rows: Sequence[Mapping[str, Any]], by: str) ->
         ax.errorbar(x, mean, yerr=std, marker="o", markersize=5, capsize=3, **style)
 
 
+@closes_own_figure
 def plot_unfreeze_scan(rows: Sequence[Mapping[str, Any]], epochs: int | None = None, ax: plt.Axes | None = None,
                        text: str = "") -> plt.Figure:
     """Metric vs the epoch at which the backbone is unfrozen (mean ± std over seeds), from
@@ -89,6 +92,7 @@ def plot_unfreeze_scan(rows: Sequence[Mapping[str, Any]], epochs: int | None = N
     return fig
 
 
+@closes_own_figure
 def plot_block_scan(rows: Sequence[Mapping[str, Any]], ax: plt.Axes | None = None, text: str = "") -> plt.Figure:
     """Metric vs the number of pretrained GPT blocks used (mean ± std over seeds), from
     ``summarize(records, by="n_gpt_blocks", metric=...)``."""
@@ -105,6 +109,7 @@ def plot_block_scan(rows: Sequence[Mapping[str, Any]], ax: plt.Axes | None = Non
     return fig
 
 
+@closes_own_figure
 def plot_train_size_scan(rows: Sequence[Mapping[str, Any]], reference_value: float | None = None,
                          reference_label: str = STRATEGY_LABELS["reference"], ax: plt.Axes | None = None,
                          text: str = "") -> plt.Figure:
@@ -131,6 +136,7 @@ def plot_train_size_scan(rows: Sequence[Mapping[str, Any]], reference_value: flo
     return fig
 
 
+@closes_own_figure
 def plot_data_efficiency(rows: Sequence[Mapping[str, Any]], ax: plt.Axes | None = None,
                          text: str = "") -> plt.Figure:
     """Bar chart of :func:`tauml.pipeline.scan.data_efficiency` (log y): one bar per strategy, its height the factor

@@ -63,7 +63,7 @@ def plot_roc(results: Mapping[str, Run | Sequence[Run]], ax: plt.Axes | None = N
     ax.set_yscale("log")
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel(r"$\tau_h$ identification efficiency $\varepsilon_\tau$")
-    ax.set_ylabel(r"Mis-identification probability $P_\mathrm{misID}$")
+    ax.set_ylabel(r"Mis-ID probability $P_\mathrm{misID}$")  # short: longer runs past the axis
     ax.axvline(0.8, color="grey", linestyle=":", linewidth=1)
     ax.legend(loc="upper left")
     label(ax, text)
@@ -151,7 +151,7 @@ def plot_confusion(matrix: np.ndarray, ax: plt.Axes | None = None, labels: Seque
     ax.set_xlabel("True decay mode")
     ax.set_ylabel("Predicted decay mode")
     fig.colorbar(mesh, ax=ax, label="Fraction of true class")
-    label(ax, text)
+    label(ax, text, above=True)  # the colour bar leaves the axes too narrow for the text beside the label
     return fig
 
 

@@ -25,6 +25,10 @@ SCAN_AXIS: dict[str, str] = {"unfreeze": "unfreeze_epoch", "blocks": "n_gpt_bloc
 
 Records = dict[str, dict[str, list[dict[str, Any]]]]
 
+#: The tasks notebook 04 scans (its configuration cell's default; ``tauml prepare`` runs the same scans in advance).
+#: The points themselves are the preset's ScanConfig.
+NOTEBOOK_TASKS: tuple[str, ...] = TASKS
+
 
 def run_ablations(preset: str | Preset, tasks: Sequence[str] = TASKS, kinds: Sequence[str] = SCAN_KINDS,
                   strategies: Sequence[str] = STRATEGIES, workers: int | None = None,

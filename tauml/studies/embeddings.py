@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tauml import pipeline
-from tauml.config import Preset, get_preset
+from tauml.config import FinetuneConfig, Preset, get_preset
 from tauml.data import DataError
 from tauml.data.features import JetArrays
 from tauml.evaluation.embeddings import embedding_scores, jet_embeddings, tsne
@@ -45,6 +45,15 @@ MODELS: tuple[str, ...] = ("untrained", "pretrained", "fine_tuned")
 KIND_NAMES: dict[str, str] = {"dm": "decay mode (tau jets)", "tau": "tau vs quark jet"}
 #: Key of one t-SNE map: (model, GPT block, label kind, perplexity).
 MapKey = tuple[str, int, str, float]
+
+# Notebook 05's fine-tuned models: its configuration cell's defaults; ``tauml prepare`` trains them in advance (with
+# the preset's fine-tuning settings these are trainings of notebook 03 too, cached once).
+#: The task of the fine-tuned backbone (decay modes, as the paper's Fig. 6).
+NOTEBOOK_TASK = "dm"
+#: The training seed of the maps.
+NOTEBOOK_SEED = 1
+#: The seeds of the verdicts.
+NOTEBOOK_SEEDS: tuple[int, ...] = (1, 2, 3)
 
 
 def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int = 1,
@@ -64,7 +73,7 @@ def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int 
         torch.manual_seed(seed)
         untrained = GPT(pipeline.gpt_config(p)).eval()
     pretrained = load_backbone(pipeline.backbone_checkpoint(p, progress=progress))
-    config = resolve(p, replace(p.finetune, task=task, strategy="fine_tuning", seed=seed))
+    config = finetuning_config(p, task, seed)
     result = finetune(p, config, progress=progress)
     if result.folder is None or not (result.folder / MODEL_FILE).exists():
         raise DataError(f"the fine-tuning of {task!r} (seed {seed}) has no saved model: it stopped before its "
@@ -72,6 +81,13 @@ def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int 
     model = build_model(p, config)
     model.load_state_dict(load_model_state(result.folder))
     return {"untrained": untrained, "pretrained": pretrained, "fine_tuned": model.backbone.eval()}
+
+
+def finetuning_config(preset: str | Preset = "demo", task: str = "dm", seed: int = 1) -> FinetuneConfig:
+    """The fine-tuning whose backbone is the ``"fine_tuned"`` model of :func:`embedding_models`: strategy
+    ``fine_tuning`` for ``task`` with ``seed`` and the preset's other fine-tuning settings (resolved)."""
+    p = get_preset(preset)
+    return resolve(p, replace(p.finetune, task=task, strategy="fine_tuning", seed=seed))
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 
 from tauml.config import BASELINES, STRATEGIES, TASKS, Preset, get_preset
 from tauml.evaluation.metrics import confusion_matrix, misid_statistical_error
+from tauml.evaluation.references import RANDOM_GUESSING_ID
 from tauml.evaluation.tasks import HEADLINE, METRIC_HIGHER_IS_BETTER, METRIC_LABELS
 from tauml.evaluation.verdicts import (
     BETTER,
@@ -35,6 +36,20 @@ from tauml.plots import tau as tplots
 
 Results = dict[str, dict[str, list[FinetuneResult]]]
 
+# Notebook 03's comparison.  Its configuration cell takes these as its defaults and ``tauml prepare`` trains exactly
+# these models in advance (the same configurations, hence the same cache entries): change them here, not twice.
+#: The tasks of notebook 03.
+NOTEBOOK_TASKS: tuple[str, ...] = TASKS
+#: The models of notebook 03: the three strategies and the two baselines.
+NOTEBOOK_MODELS: tuple[str, ...] = STRATEGIES + BASELINES
+#: Training jets per model: 2,000, the paper's low-data point.
+NOTEBOOK_TRAIN_SIZE = 2000
+#: Epochs per training.
+NOTEBOOK_EPOCHS = 20
+#: The epoch at which fine-tuning unfreezes the backbone: about half of the epochs, as the paper found best.
+NOTEBOOK_UNFREEZE_EPOCH = NOTEBOOK_EPOCHS // 2
+#: Seeds per model: three give mean ± std and verdicts; the tau models' seeds are shared with notebook 04.
+NOTEBOOK_SEEDS: tuple[int, ...] = (1, 2, 3)
 
 
 def run_comparison(preset: str | Preset, tasks: Sequence[str] = TASKS,
@@ -63,7 +78,7 @@ def headline_rows(results: Results) -> list[dict[str, Any]]:
     no-learning reference."""
     rows = []
     for task, by_model in results.items():
-        reference = None
+        reference = None  # the first model's (the same test jets for all), {} for identification
         for model, runs in by_model.items():
             if not runs:
                 continue
@@ -89,6 +104,10 @@ def headline_rows(results: Results) -> list[dict[str, Any]]:
             rows.append({"task": task, "model": "counting candidates (no learning)",
                          METRIC_LABELS["weighted_auc"]: "—",
                          METRIC_LABELS["accuracy"]: f"{reference['accuracy']:.4g}", "trainable parameters": 0})
+        if reference is not None and task == "id":  # no no-learning reference: the floor is random guessing
+            rows.append({"task": task, "model": "random guessing (no no-learning reference for id)",
+                         METRIC_LABELS["misid_at_80"]: f"{RANDOM_GUESSING_ID['misid_at_80']:.4g}",
+                         METRIC_LABELS["auc"]: f"{RANDOM_GUESSING_ID['auc']:.4g}", "trainable parameters": 0})
     return rows
 
 
@@ -185,7 +204,10 @@ def claims_rows(results: Results) -> list[dict[str, Any]]:
 
 
 def comparison_figures(results: Results, save_prefix: str | None = "03") -> dict[str, plt.Figure]:
-    """The figures a reader of the paper expects, from a comparison's results."""
+    """The figures a reader of the paper expects, from a comparison's results.
+
+    Every figure is closed for pyplot once drawn (and saved): the notebook shows the ones it wants with
+    ``display(fig)``, and Jupyter does not show all of them again at the end of the cell."""
 
     figures: dict[str, plt.Figure] = {}
     for task, by_model in results.items():
@@ -220,7 +242,8 @@ def comparison_figures(results: Results, save_prefix: str | None = "03") -> dict
             figures["dm_confusion_counting"] = tplots.plot_confusion(
                 confusion_matrix(first.predictions["dm"], first.predictions["counting"], 6),
                 text="decay mode: counting (no learning)")
-    if save_prefix:
-        for name, fig in figures.items():
+    for name, fig in figures.items():
+        if save_prefix:
             save(fig, f"{save_prefix}_{name}")
+        plt.close(fig)  # still a Figure that display(fig) draws; pyplot (and Jupyter's inline backend) forgets it
     return figures

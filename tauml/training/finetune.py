@@ -83,6 +83,9 @@ def tau_inputs(jets: JetArrays, tokens: tuple[np.ndarray, np.ndarray] | None = N
         tensors = {"features": torch.as_tensor(jets.features), "mask": torch.as_tensor(jets.mask),
                    "p4": torch.as_tensor(jets.p4)}
         if lifetime:
+            if jets.lifetime is None:
+                raise ValueError("lifetime=True, but these jets were built without their lifetime features: build "
+                                 "them with jet_arrays(..., lifetime=True) (pipeline.tau_jets(..., lifetime=True))")
             tensors["lifetime"] = torch.as_tensor(jets.lifetime)
     return TauInputs(tensors, targets)
 

@@ -16,6 +16,15 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import Image
 
 
+def in_kernel() -> bool:
+    """Whether this code runs in a Jupyter kernel (where a panel can train in the background while the
+    notebook stays usable); False in a plain Python process, a script or a test."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def figure_image(fig: plt.Figure, dpi: int = 90) -> Image:
     """A PNG image of ``fig`` (which is closed)."""
     buffer = io.BytesIO()
