@@ -90,7 +90,7 @@ def locked(folder: str | os.PathLike[str]) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
+        import fcntl  # (local: POSIX only)
     except ImportError:  # Windows: no advisory locks; building twice is slow but not wrong (atomic writes)
         yield
         return

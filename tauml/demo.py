@@ -37,7 +37,7 @@ def notebooks_dir() -> Path:
 def run_series(preset: str, results: str | os.PathLike[str], notebooks: list[str] | None = None,
                source: Path | None = None, timeout: int | None = None) -> dict:
     """Execute the notebooks of ``SERIES`` (or ``notebooks``) for ``preset``; return the summary."""
-    import nbformat
+    import nbformat  # (local: the optional 'notebooks' extra)
     from nbclient import NotebookClient
 
 

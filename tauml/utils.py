@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -70,7 +73,7 @@ def parallel_workers(jobs: int, requested: int | None = None, worker_memory: flo
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
     """A tqdm progress bar that renders in notebooks and terminals alike (``TAUML_PROGRESS=0`` hides it)."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # (local: utils stays import-light)
 
     kwargs.setdefault("disable", os.environ.get("TAUML_PROGRESS", "1") == "0")
     kwargs.setdefault("leave", False)
@@ -87,16 +90,13 @@ def die_with_parent() -> None:
     ends, and tauml starts its pools from the calling thread, which outlives them); elsewhere a daemon thread
     polls the parent's pid every second (``TAUML_PARENT_WATCH=poll`` uses the thread on Linux too, for tests).
     """
-    import multiprocessing
-    import signal
-    import threading
 
     started_by = multiprocessing.parent_process()  # the pool's process, even if it died before this ran
     parent = started_by.pid if started_by is not None and started_by.pid else os.getppid()
     armed = False
     if sys.platform.startswith("linux") and os.environ.get("TAUML_PARENT_WATCH") != "poll":
         try:
-            import ctypes
+            import ctypes  # (local: Linux only)
 
             libc = ctypes.CDLL(None, use_errno=True)
             pr_set_pdeathsig = 1

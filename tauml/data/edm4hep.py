@@ -631,7 +631,7 @@ def read_edm4hep_taus(
     :data:`RECO_COLLECTIONS` / :data:`MC_COLLECTIONS`).  Events are processed ``chunk_events`` at a time.
     ``event_number`` is the entry number in the file.  See ``docs/data.md`` for every mapping choice.
     """
-    import uproot
+    import uproot  # (local: start-up speed of the readers' import)
 
     if layout not in LAYOUTS:
         raise DataError(f"layout={layout!r}; choose from {', '.join(LAYOUTS)}")

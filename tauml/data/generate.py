@@ -319,7 +319,7 @@ def _hadronic_top_partons(gen: GenEvents) -> list[list[np.ndarray]]:
 
 def _softdrop_and_nsubjettiness(constituents: ak.Array) -> dict[str, np.ndarray]:
     """Soft-drop mass (beta 0, z_cut 0.1, R0 0.8, C/A) and N-subjettiness tau_1..4 (exclusive-kT axes, beta 1)."""
-    import fastjet
+    import fastjet  # (local: heavy, only in generation workers)
 
     n_jets = len(constituents)
     out = {"jet_sdmass": np.zeros(n_jets, np.float32)}
@@ -422,7 +422,7 @@ def write_jetclass(path: Path, branches: dict[str, np.ndarray | ak.Array]) -> No
     uproot stores the jagged ``part_*`` branches as C-style arrays with one counter branch ``npart``
     (the real files use ``std::vector`` branches without a counter); the reader ignores the counter.
     """
-    import uproot
+    import uproot  # (local: only where ROOT files are written)
 
     particles = ak.zip({k[len("part_"):]: v for k, v in branches.items() if k.startswith("part_")})
     flat = {k: np.asarray(v) for k, v in branches.items() if not k.startswith("part_")}

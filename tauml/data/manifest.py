@@ -162,7 +162,7 @@ def fetch(
 
 
 def _download(name: str, entry: dict[str, Any], target: Path, progress: bool, timeout: float) -> None:
-    import pooch
+    import pooch  # (local: only for downloads)
     import requests
 
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,7 @@ class GenEvents:
 def generate_batch(sample: str, n_events: int, seed: int, ee_sqrt_s: float = 380.0,
                    pp_sqrt_s: float = 13000.0) -> GenEvents:
     """Generate ``n_events`` events of ``sample`` with Pythia seed ``seed``."""
-    import pythia8mc
+    import pythia8mc  # (local: heavy, only for generation)
 
     with quiet_stdout():
         pythia = pythia8mc.Pythia("", False)

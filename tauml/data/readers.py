@@ -235,7 +235,7 @@ def _select_branches(available: list[str], branches: Sequence[str] | None, path:
 
 
 def _root_jetclass(path: Path, branches: Sequence[str] | None, max_jets: int | None) -> ak.Array:
-    import uproot
+    import uproot  # (local: start-up speed of the readers' import)
 
     try:
         with uproot.open(path) as file:

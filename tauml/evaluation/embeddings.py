@@ -158,7 +158,7 @@ def knn_accuracy(embeddings: np.ndarray, labels: np.ndarray, k: int = 15, seed: 
     The jets are split ``test_fraction`` / rest by ``seed`` (stratified by label when every class has at least
     two jets); the features are standardised with the training part's mean and standard deviation.
     """
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # (local: scikit-learn is slow to import)
     from sklearn.neighbors import KNeighborsClassifier
 
     x, y = _inputs(embeddings, labels)
@@ -182,7 +182,7 @@ def silhouette(embeddings: np.ndarray, labels: np.ndarray, sample_size: int = 20
     counts equally); ``metric="cosine"`` measures angles instead.  At most ``sample_size`` jets, drawn with
     ``seed``, enter (the score is quadratic in the number of jets).
     """
-    from sklearn.metrics import silhouette_score
+    from sklearn.metrics import silhouette_score  # (local: scikit-learn is slow to import)
 
     x, y = _inputs(embeddings, labels)
     (x,) = _standardize(x)
@@ -209,7 +209,7 @@ def tsne(embeddings: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.
         raise ValueError(f"perplexity={perplexity} must lie in (0, {len(x)}) (the number of jets)")
     (x,) = _standardize(x)
     try:
-        from openTSNE import TSNE as OpenTSNE
+        from openTSNE import TSNE as OpenTSNE  # (local: optional dependency)
     except ImportError:
         from sklearn.manifold import TSNE
         from threadpoolctl import threadpool_limits

@@ -76,7 +76,9 @@ class ParticleTransformerBaseline(nn.Module):
     def __init__(self, task: str, config: ParTBaselineConfig | None = None, seed: int = 1) -> None:
         super().__init__()
         try:
-            from weaver.nn.model.ParticleTransformer import ParticleTransformer
+            from weaver.nn.model.ParticleTransformer import (
+                ParticleTransformer,  # (local: optional 'baselines' extra)
+            )
         except ImportError as err:
             raise ImportError(
                 'the ParticleTransformer baseline needs weaver-core: pip install "tauml[baselines]"'

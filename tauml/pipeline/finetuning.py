@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -156,7 +157,6 @@ def load_model_state(folder: str | Path) -> dict[str, torch.Tensor]:
 def check_device(device: str) -> None:
     """Raise :class:`ConfigError` unless ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` and
     is available here (checked before any folder is created or anything is trained)."""
-    import re
 
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"device={device!r} is not a device tauml knows — use auto, cpu, cuda, cuda:N or mps")

@@ -76,7 +76,7 @@ def plot_response(responses: Mapping[str, np.ndarray], reco_response: np.ndarray
 
     The legend gives each median and resolution IQR / median.
     """
-    import mplhep as hep
+    import mplhep as hep  # (local: the style module is set once in tauml.plots)
 
     fig, ax = _axis(ax)
     bins = np.linspace(0.7, 1.3, 121) if bins is None else np.asarray(bins)

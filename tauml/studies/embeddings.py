@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -317,7 +318,6 @@ def plot_model_maps(maps: Mapping[MapKey, np.ndarray], labels: Mapping[str, np.n
     """The paper's Fig. 6 and more: one column per model, one row per label kind, from :func:`tsne_maps`
     (one block and perplexity: the last block and the first perplexity in ``maps`` unless given).  The legend
     of each row sits to its right."""
-    import matplotlib.pyplot as plt
 
 
     if not maps:

@@ -20,7 +20,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tauml import pipeline
 from tauml.config import ConfigError, Preset, get_preset
+from tauml.pipeline.finetuning import finetune_many
+from tauml.studies import ablations, embeddings, tokenization
+from tauml.studies import finetuning as comparison
 
 #: The steps in the order they run (later steps need earlier ones, and the longest, the scans, come last):
 #: name -> (the notebook that shows it, what it builds).
@@ -80,7 +84,6 @@ def prepare(preset: str | Preset = "demo", steps: Sequence[str] | None = None, w
 
 
 def _data(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml import pipeline
 
     data = pipeline.dataset(p, progress=progress)
     events = sum(entry["events"] for entry in data.manifest["samples"].values())
@@ -88,7 +91,6 @@ def _data(p: Preset, workers: int | None, progress: bool) -> str:
 
 
 def _detector(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml import pipeline
 
     study = pipeline.detector_study(p, pipeline.DETECTOR_STUDY_EVENTS)
     return (f"{pipeline.DETECTOR_STUDY_EVENTS} events each: {len(study['realistic'])} tau jets (realistic), "
@@ -96,27 +98,23 @@ def _detector(p: Preset, workers: int | None, progress: bool) -> str:
 
 
 def _tokenizer(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml import pipeline
 
     tokenizer = pipeline.tokenizer(p, progress=progress)
     return f"codebook of {tokenizer.codebook_size} in {pipeline.tokenizer_dir(p)}"
 
 
 def _variants(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml.studies import tokenization
 
     tokenizers = tokenization.variant_tokenizers(p, tokenization.NOTEBOOK_VARIANTS)
     return f"{len(tokenizers) - 1} variant(s): {', '.join(n for n in tokenizers if n != 'preset') or 'none'}"
 
 
 def _backbone(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml import pipeline
 
     return f"backbone in {pipeline.backbone_checkpoint(p, progress=progress)}"
 
 
 def _finetuning(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml.studies import finetuning as comparison
 
     results = comparison.run_comparison(
         p, tasks=comparison.NOTEBOOK_TASKS, models=comparison.NOTEBOOK_MODELS, seeds=comparison.NOTEBOOK_SEEDS,
@@ -129,8 +127,6 @@ def _finetuning(p: Preset, workers: int | None, progress: bool) -> str:
 
 
 def _embeddings(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml.pipeline.finetuning import finetune_many
-    from tauml.studies import embeddings
 
     seeds = tuple(dict.fromkeys((embeddings.NOTEBOOK_SEED, *embeddings.NOTEBOOK_SEEDS)))
     configs = [embeddings.finetuning_config(p, embeddings.NOTEBOOK_TASK, seed) for seed in seeds]
@@ -139,7 +135,6 @@ def _embeddings(p: Preset, workers: int | None, progress: bool) -> str:
 
 
 def _ablations(p: Preset, workers: int | None, progress: bool) -> str:
-    from tauml.studies import ablations
 
     records = ablations.run_ablations(p, tasks=ablations.NOTEBOOK_TASKS, workers=workers, progress=progress)
     keys = {point["key"] for by_task in records.values() for points in by_task.values() for point in points}

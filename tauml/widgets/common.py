@@ -19,7 +19,7 @@ from IPython.display import Image
 def in_kernel() -> bool:
     """Whether this code runs in a Jupyter kernel (where a panel can train in the background while the
     notebook stays usable); False in a plain Python process, a script or a test."""
-    from IPython import get_ipython
+    from IPython import get_ipython  # (local: optional, the 'notebooks' extra)
 
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None

@@ -250,7 +250,7 @@ class FinetunePanel(widgets.VBox):
                              f"{result.n_trainable_parameters:,} trainable parameters")
 
     def _show_result(self, result: Any) -> None:
-        from IPython.display import Markdown
+        from IPython.display import Markdown  # (local: optional, the 'notebooks' extra)
 
         rows = [{"": "this model", **{k: round(v, 4) for k, v in result.headline.items()}}]
         ref = result.reference
