@@ -98,6 +98,16 @@ class Comparison:
                 f"{self.significance:+.1f}σ)")
 
 
+def verdict_of(difference: float, uncertainty: float, k: float = SIGNIFICANCE) -> str:
+    """The rule itself: :data:`BETTER` when ``difference`` (positive = better) exceeds ``k`` times its
+    ``uncertainty``, :data:`WORSE` below minus that, :data:`NO_DIFFERENCE` between."""
+    if difference > k * uncertainty:
+        return BETTER
+    if difference < -k * uncertainty:
+        return WORSE
+    return NO_DIFFERENCE
+
+
 def compare(a: Sequence[float] | Summary, b: Sequence[float] | Summary, higher_is_better: bool,
             stat_a: float = 0.0, stat_b: float = 0.0, k: float = SIGNIFICANCE) -> Comparison:
     """The verdict of A against B (see the module's rule).  ``a``/``b`` are the metric per seed (or a
@@ -110,12 +120,8 @@ def compare(a: Sequence[float] | Summary, b: Sequence[float] | Summary, higher_i
     relative = difference / abs(sb.mean) if sb.mean else math.copysign(math.inf, difference) if difference else 0.0
     if uncertainty == 0.0 and (sa.n < 2 or sb.n < 2):
         verdict = UNDETERMINED
-    elif difference > k * uncertainty:
-        verdict = BETTER
-    elif difference < -k * uncertainty:
-        verdict = WORSE
     else:
-        verdict = NO_DIFFERENCE
+        verdict = verdict_of(difference, uncertainty, k)
     return Comparison(a=sa, b=sb, higher_is_better=higher_is_better, difference=difference,
                       uncertainty=uncertainty, relative=relative, verdict=verdict)
 

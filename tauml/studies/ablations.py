@@ -15,7 +15,7 @@ from typing import Any
 from tauml.config import STRATEGIES, TASKS, Preset, get_preset
 from tauml.evaluation.metrics import misid_statistical_error
 from tauml.evaluation.tasks import HEADLINE, METRIC_HIGHER_IS_BETTER
-from tauml.evaluation.verdicts import BETTER, NO_DIFFERENCE, SIGNIFICANCE, WORSE, Summary, compare
+from tauml.evaluation.verdicts import BETTER, WORSE, Summary, compare, verdict_of
 from tauml.evaluation.verdicts import summarize as verdict_summary
 from tauml.pipeline.scan import ScanStore, build_scan, run_scan, summarize
 
@@ -120,8 +120,7 @@ def ablation_claims_rows(records: Records, epochs: int) -> list[dict[str, Any]]:
         gain = [(c.relative, c.uncertainty / abs(c.b.mean)) for c in (small, large)]
         sigma = math.hypot(gain[0][1], gain[1][1])
         difference = gain[0][0] - gain[1][0]
-        verdict = BETTER if difference > SIGNIFICANCE * sigma else WORSE if difference < -SIGNIFICANCE * sigma \
-            else NO_DIFFERENCE
+        verdict = verdict_of(difference, sigma)
         rows.append({"claim": f"{task}: the gain of fine-tuning over from scratch shrinks with more labelled jets",
                      "paper": "yes", "this run": f"{gain[0][0]:+.1%} ± {gain[0][1]:.1%} at {sizes[0]}, "
                      f"{gain[1][0]:+.1%} ± {gain[1][1]:.1%} at {sizes[-1]}",
