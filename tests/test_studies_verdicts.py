@@ -93,3 +93,10 @@ def test_the_embedding_claim_reads_every_seed():
     assert [r["step"] for r in reading] == ["untrained -> pretrained", "pretrained -> fine_tuned"]
     assert [r["verdict"] for r in reading] == ["no significant difference", "better"]
     assert reading[1]["seeds"] == 3 and "(3 seeds)" in reading[1]["kNN after"]
+
+
+def test_a_reference_model_with_zero_mis_id_does_not_break_the_table():
+    zero = {"id": {m: [_result("id", m, s + 1, misid_at_80=v, n_background=1857) for s, v in enumerate(vs)]
+                   for m, vs in {"part": [0.0, 0.001, 0.0], "fine_tuning": [0.0, 0.0, 0.0]}.items()}}
+    row = _row(finetuning.claims_rows(zero), "ParT lowers the mis-ID")
+    assert "inf" in row["this run"] and row["agrees"] in ("no", "not significant")

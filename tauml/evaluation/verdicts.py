@@ -83,6 +83,11 @@ class Comparison:
     verdict: str
 
     @property
+    def relative_uncertainty(self) -> float:
+        """The uncertainty relative to B's mean, the scale of :attr:`relative` (infinite when B's mean is 0)."""
+        return self.uncertainty / abs(self.b.mean) if self.b.mean else math.inf
+
+    @property
     def significance(self) -> float:
         """``difference / uncertainty`` (infinite when the uncertainty is zero and the difference is not)."""
         if self.uncertainty > 0:
@@ -93,8 +98,7 @@ class Comparison:
         """The verdict with its evidence, e.g. ``better (+38 % ± 9 %, 4.2σ)``."""
         if self.verdict == UNDETERMINED:
             return f"undetermined ({self.relative:+.0%} from one seed; no spread to compare with)"
-        scale = abs(self.b.mean) or 1.0
-        return (f"{self.verdict} ({self.relative:+.0%} ± {self.uncertainty / scale:.0%}, "
+        return (f"{self.verdict} ({self.relative:+.0%} ± {self.relative_uncertainty:.0%}, "
                 f"{self.significance:+.1f}σ)")
 
 

@@ -117,7 +117,7 @@ def ablation_claims_rows(records: Records, epochs: int) -> list[dict[str, Any]]:
         if len(sizes) < 2:
             continue
         small, large = (compare(tuned[n], scratch[n], higher) for n in (sizes[0], sizes[-1]))
-        gain = [(c.relative, c.uncertainty / abs(c.b.mean)) for c in (small, large)]
+        gain = [(c.relative, c.relative_uncertainty) for c in (small, large)]
         sigma = math.hypot(gain[0][1], gain[1][1])
         difference = gain[0][0] - gain[1][0]
         verdict = verdict_of(difference, sigma)

@@ -183,7 +183,7 @@ def claims_rows(results: Results) -> list[dict[str, Any]]:
         c = model_comparison(results, task, a, b)
         if c is None:
             continue
-        rows.append({"claim": text, "paper": paper, "this run": f"{c.relative:+.1%} ± {c.uncertainty / abs(c.b.mean):.1%}",
+        rows.append({"claim": text, "paper": paper, "this run": f"{c.relative:+.1%} ± {c.relative_uncertainty:.1%}",
                      "verdict": c.verdict, "agrees": agreement(c.verdict)})
     for task in results:
         if not all(_values(results, task, m, HEADLINE[task][0]) for m in STRATEGIES):
