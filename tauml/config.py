@@ -510,14 +510,37 @@ def get_preset(name: str | Preset) -> Preset:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def added_setting(default: Any) -> Any:
+    """Declare a setting added after results were cached: while it keeps ``default`` it is left out of
+    :func:`identity_dict` (and so of :func:`config_hash`), so the caches built before it existed stay valid.
+
+    Use it for every setting added to an existing dataclass: ``use_widget: bool = added_setting(False)``.
+    A non-default value enters the hash like any other setting.
+    """
+    return field(default=default, metadata={"added": True})
+
+
 def to_dict(config: Any) -> Any:
-    """A JSON-ready dict of a (nested) configuration dataclass."""
+    """A JSON-ready dict of a (nested) configuration dataclass: every setting."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, dict):
         return {str(k): to_dict(v) for k, v in config.items()}
     if isinstance(config, (list, tuple)):
         return [to_dict(v) for v in config]
+    return config
+
+
+def identity_dict(config: Any) -> Any:
+    """:func:`to_dict` without the :func:`added_setting` settings that still have their default: what names a
+    cached result."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: identity_dict(getattr(config, f.name)) for f in dataclasses.fields(config)
+                if not (f.metadata.get("added") and getattr(config, f.name) == f.default)}
+    if isinstance(config, dict):
+        return {str(k): identity_dict(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [identity_dict(v) for v in config]
     return config
 
 
@@ -545,5 +568,5 @@ def _has_all_defaults(cls: type) -> bool:
 
 def config_hash(*parts: Any, length: int = 12) -> str:
     """A short, stable hexadecimal digest of configuration objects (dataclasses, dicts, strings, numbers)."""
-    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps([identity_dict(p) for p in parts], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -65,3 +65,23 @@ def test_the_paper_preset_never_starts_generating_by_itself(monkeypatch, tmp_pat
 def test_an_unknown_data_source_is_refused():
     with pytest.raises(ConfigError, match="data='somewhere'"):
         replace(get_preset("demo"), data="somewhere").validate()
+
+
+def test_an_added_setting_keeps_old_cache_keys_until_it_is_changed():
+    """A setting declared with added_setting is left out of the hash at its default, so caches stay valid."""
+    from dataclasses import dataclass
+
+    from tauml.config import added_setting, config_hash, identity_dict
+
+    @dataclass(frozen=True)
+    class Before:
+        width: int = 64
+
+    @dataclass(frozen=True)
+    class After:
+        width: int = 64
+        inputs: str = added_setting("tokens")
+
+    assert identity_dict(After()) == {"width": 64}
+    assert config_hash(Before()) == config_hash(After())
+    assert config_hash(After(inputs="continuous")) != config_hash(Before())

@@ -38,6 +38,7 @@ from tauml.config import (
     ScanConfig,
     config_hash,
     get_preset,
+    identity_dict,
     to_dict,
 )
 from tauml.evaluation.metrics import mean_std_over_runs
@@ -81,7 +82,7 @@ def preset_key(preset: Preset | str) -> str:
 def point_identity(config: FinetuneConfig) -> dict[str, Any]:
     """The settings that define a point: ``to_dict(config)`` without those that do not change the result
     (``device``), as plain JSON types (tuples become lists)."""
-    data = json.loads(json.dumps(to_dict(config)))
+    data = json.loads(json.dumps(identity_dict(config)))
     for name in _NOT_IN_KEY:
         data.pop(name, None)
     return data

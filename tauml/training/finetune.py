@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tauml.cache import atomic_path
-from tauml.config import BASELINES, FinetuneConfig, to_dict
+from tauml.config import BASELINES, FinetuneConfig, identity_dict
 from tauml.data.features import JetArrays
 from tauml.models.tau import apply_strategy
 from tauml.training import common, engine
@@ -188,7 +188,7 @@ def train_tau_model(
         model, optimizer, scheduler, step=step, epochs=config.epochs, folder=folder, state_file=STATE_FILE,
         batches=lambda epoch: common.bucketed_batches(train.lengths, config.batch_size, config.seed, epoch),
         validate=lambda model: {"val_loss": evaluate_outputs(model, val, config, device)[0]},
-        run={"config": to_dict(common.placement_free(config)), "train": train.fingerprint(), "val": val.fingerprint()},
+        run={"config": identity_dict(common.placement_free(config)), "train": train.fingerprint(), "val": val.fingerprint()},
         seed=config.seed, name=f"fine-tuning ({config.task}, {config.strategy})", save=save, progress=progress,
         on_epoch_start=lambda epoch: {"backbone_trainable": set_epoch(model, config, epoch)},
     )
