@@ -1,4 +1,4 @@
-"""The verdict rule: better/worse only beyond twice the combined uncertainty of the two means."""
+"""The verdict rule: better/worse only beyond the Welch t-test threshold (95 %) of the combined uncertainty."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def test_hand_computed_difference_and_uncertainty():
     expected_sigma = math.sqrt((0.001**2 + 0.004**2) / 3)
     assert c.difference == pytest.approx(0.010)
     assert c.uncertainty == pytest.approx(expected_sigma)
-    assert c.verdict == BETTER  # 0.010 > 2 x 0.00238
+    assert c.verdict == BETTER  # 0.010 = 4.2 sigma > k = t_0.975(nu = 2.25) = 3.88
+    assert c.dof == pytest.approx(2.249, abs=1e-3) and c.threshold == pytest.approx(3.877, abs=1e-3)
     assert c.relative == pytest.approx(0.010 / 0.030)
     assert compare([0.026, 0.030, 0.034], [0.019, 0.020, 0.021], higher_is_better=False).verdict == WORSE
 
@@ -68,3 +69,27 @@ def test_best_of_keeps_every_option_tied_with_the_best():
 def test_nan_is_refused():
     with pytest.raises(ValueError, match="diverged"):
         summarize([0.1, float("nan")])
+
+
+def test_welch_threshold_from_the_degrees_of_freedom():
+    from tauml.evaluation.verdicts import threshold
+
+    # two equal standard errors from three seeds each: nu = 4, k = t_0.975(4) = 2.776 (tables)
+    k, dof = threshold((0.1, 0.1), (3, 3))
+    assert dof == pytest.approx(4.0) and k == pytest.approx(2.776, abs=1e-3)
+    # one term dominates: nu -> n - 1 = 2, k = 4.303
+    k, dof = threshold((1.0, 1e-6), (3, 3))
+    assert dof == pytest.approx(2.0, rel=1e-6) and k == pytest.approx(4.303, abs=1e-3)
+    # only counting errors: infinitely many degrees of freedom, the normal 1.96
+    k, dof = threshold((0.0, 0.0), (3, 3), (0.01, 0.02))
+    assert math.isinf(dof) and k == pytest.approx(1.960, abs=1e-3)
+
+
+def test_two_and_a_half_sigma_from_three_seeds_is_not_enough():
+    """The fixed 2-sigma rule called this better; three seeds a side do not support it (Welch, k = 2.78)."""
+    a = [0.0, 1.0, 2.0]  # sem 1/sqrt(3)
+    b = [x - 2.5 * math.sqrt(2 / 3) for x in a]  # same spread, 2.5 sigma lower
+    c = compare(a, b, higher_is_better=True)
+    assert c.significance == pytest.approx(2.5)
+    assert c.verdict == NO_DIFFERENCE and "needs 2.8σ" in c.text()
+    assert compare(a, [x - 3.0 * math.sqrt(2 / 3) for x in a], higher_is_better=True).verdict == BETTER

@@ -9,14 +9,18 @@ training), so a finding must hold beyond the spread over seeds, not only in one 
   counting error is added in quadrature (the seeds share one test set, so it does not shrink with more seeds);
 * the difference ``d = A - B`` (signed so that positive means A is better) has the uncertainty
   ``sigma = sqrt(se_A^2 + se_B^2 + stat_A^2 + stat_B^2)``;
-* the verdict is **better** when ``d > 2 sigma``, **worse** when ``d < -2 sigma``, and otherwise **no
-  significant difference** (about 95 % one-sided confidence for Gaussian errors; with three seeds the standard
-  error is itself uncertain, which ``k = 2`` leaves room for);
+* the verdict is **better** when ``d > k sigma``, **worse** when ``d < -k sigma``, and otherwise **no
+  significant difference**, with ``k`` the two-sided 95 % quantile of Student's t distribution for the
+  Welch-Satterthwaite degrees of freedom ``nu = sigma^4 / sum(se_i^4 / (n_i - 1))`` (the counting errors have
+  infinitely many): Welch's t-test at 95 %.  Three seeds per model give ``nu`` between 2 and 4, so
+  ``k`` = 2.8 to 4.3: a standard error from three numbers is itself uncertain, and a fixed ``k = 2`` let
+  verdicts flip between two runs that differed only in their CPU thread count (docs/studies.md).  Where the
+  counting error dominates, ``k`` tends to 1.96;
 * with fewer than two seeds and no counting error there is no uncertainty to compare with: the verdict is
   **undetermined** and the text says so.
 
     compare([0.021, 0.019, 0.020], [0.030, 0.026, 0.034], higher_is_better=False)
-    # Comparison(verdict='better', difference=0.0100, uncertainty=0.0024, ...)
+    # Comparison(verdict='better', difference=0.0100, uncertainty=0.0024, threshold=3.7, ...)
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
-#: How many combined standard errors a difference must exceed to count (the rule above).
-SIGNIFICANCE = 2.0
+#: The two-sided confidence level of the test (the rule above).
+CONFIDENCE = 0.95
 BETTER, WORSE, NO_DIFFERENCE, UNDETERMINED = "better", "worse", "no significant difference", "undetermined"
 
 
@@ -81,6 +86,8 @@ class Comparison:
     uncertainty: float
     relative: float
     verdict: str
+    threshold: float = 1.96  # k: how many uncertainties the difference must exceed
+    dof: float = math.inf  # Welch-Satterthwaite degrees of freedom of the uncertainty
 
     @property
     def relative_uncertainty(self) -> float:
@@ -95,14 +102,25 @@ class Comparison:
         return math.copysign(math.inf, self.difference) if self.difference else 0.0
 
     def text(self) -> str:
-        """The verdict with its evidence, e.g. ``better (+38 % ± 9 %, 4.2σ)``."""
+        """The verdict with its evidence, e.g. ``better (+38 % ± 9 %, 4.2σ, needs 3.9σ)``."""
         if self.verdict == UNDETERMINED:
             return f"undetermined ({self.relative:+.0%} from one seed; no spread to compare with)"
         return (f"{self.verdict} ({self.relative:+.0%} ± {self.relative_uncertainty:.0%}, "
-                f"{self.significance:+.1f}σ)")
+                f"{self.significance:+.1f}σ, needs {self.threshold:.1f}σ)")
 
 
-def verdict_of(difference: float, uncertainty: float, k: float = SIGNIFICANCE) -> str:
+def threshold(sems: Sequence[float], seeds: Sequence[int], stats_: Sequence[float] = ()) -> tuple[float, float]:
+    """``(k, nu)``: the Student-t quantile the difference must exceed, in units of its uncertainty, and the
+    Welch-Satterthwaite degrees of freedom of ``sqrt(sum(sems^2) + sum(stats_^2))`` (a standard error from
+    ``n`` seeds has ``n - 1`` degrees of freedom; a counting error infinitely many)."""
+    variance = sum(s**2 for s in sems) + sum(s**2 for s in stats_)
+    denominator = sum(s**4 / (n - 1) for s, n in zip(sems, seeds, strict=True) if n > 1 and s > 0)
+    dof = variance**2 / denominator if denominator > 0 else math.inf
+    k = float(stats.t.ppf(0.5 + CONFIDENCE / 2, dof)) if math.isfinite(dof) else float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
+    return k, dof
+
+
+def verdict_of(difference: float, uncertainty: float, k: float) -> str:
     """The rule itself: :data:`BETTER` when ``difference`` (positive = better) exceeds ``k`` times its
     ``uncertainty``, :data:`WORSE` below minus that, :data:`NO_DIFFERENCE` between."""
     if difference > k * uncertainty:
@@ -113,25 +131,27 @@ def verdict_of(difference: float, uncertainty: float, k: float = SIGNIFICANCE) -
 
 
 def compare(a: Sequence[float] | Summary, b: Sequence[float] | Summary, higher_is_better: bool,
-            stat_a: float = 0.0, stat_b: float = 0.0, k: float = SIGNIFICANCE) -> Comparison:
+            stat_a: float = 0.0, stat_b: float = 0.0, k: float | None = None) -> Comparison:
     """The verdict of A against B (see the module's rule).  ``a``/``b`` are the metric per seed (or a
-    :class:`Summary`); ``stat_*`` their counting errors."""
+    :class:`Summary`); ``stat_*`` their counting errors; ``k`` overrides the Welch threshold."""
     sa = a if isinstance(a, Summary) else summarize(a, stat_a)
     sb = b if isinstance(b, Summary) else summarize(b, stat_b)
     sign = 1.0 if higher_is_better else -1.0
     difference = sign * (sa.mean - sb.mean)
     uncertainty = math.sqrt(sa.sem**2 + sb.sem**2 + sa.stat**2 + sb.stat**2)
     relative = difference / abs(sb.mean) if sb.mean else math.copysign(math.inf, difference) if difference else 0.0
+    welch_k, dof = threshold((sa.sem, sb.sem), (sa.n, sb.n), (sa.stat, sb.stat))
+    k = welch_k if k is None else k
     if uncertainty == 0.0 and (sa.n < 2 or sb.n < 2):
         verdict = UNDETERMINED
     else:
         verdict = verdict_of(difference, uncertainty, k)
     return Comparison(a=sa, b=sb, higher_is_better=higher_is_better, difference=difference,
-                      uncertainty=uncertainty, relative=relative, verdict=verdict)
+                      uncertainty=uncertainty, relative=relative, verdict=verdict, threshold=k, dof=dof)
 
 
 def best_of(values: dict[object, Sequence[float]], higher_is_better: bool,
-            k: float = SIGNIFICANCE) -> tuple[object, list[object]]:
+            k: float | None = None) -> tuple[object, list[object]]:
     """The option with the best mean, and every option not significantly worse than it (the "tied for best"
     set, the best included), by the rule of :func:`compare`."""
     if not values:

@@ -34,7 +34,7 @@ from tauml.config import FinetuneConfig, Preset, get_preset
 from tauml.data import DataError
 from tauml.data.features import JetArrays
 from tauml.evaluation.embeddings import embedding_scores, jet_embeddings, tsne
-from tauml.evaluation.verdicts import compare
+from tauml.evaluation.verdicts import BETTER, WORSE, compare, threshold, verdict_of
 from tauml.models.checkpoints import load_backbone
 from tauml.models.gpt import GPT
 from tauml.pipeline.finetuning import MODEL_FILE, build_model, finetune, load_model_state, resolve
@@ -254,8 +254,8 @@ def claim_reading(scores: Mapping[str, Sequence[Mapping[str, Any]]], kind: str =
                   block: int | None = None, models: Sequence[str] = MODELS) -> list[dict[str, Any]]:
     """The paper's claim, step by step, from the numbers: for consecutive models (untrained -> pretrained ->
     fine-tuned) at ``block`` (the last by default), the change of kNN accuracy and silhouette, the combined
-    binomial standard error of the two accuracies, and a verdict: ``"better"`` (kNN higher by more than twice
-    the standard error), ``"worse"`` (lower by as much) or ``"no clear change"``."""
+    binomial standard error of the two accuracies, and a verdict: ``"better"`` (kNN higher by more than 1.96
+    standard errors: binomial errors of many test jets), ``"worse"`` (lower by as much) or ``"no clear change"``."""
     rows = {(r["model"], r["block"]): r for r in scores[kind]}
     block = max(b for _, b in rows) if block is None else block
     missing = [m for m in models if (m, block) not in rows]
@@ -267,7 +267,8 @@ def claim_reading(scores: Mapping[str, Sequence[Mapping[str, Any]]], kind: str =
         error = math.hypot(knn_standard_error(a["knn_accuracy"], a["n_jets"]),
                            knn_standard_error(b["knn_accuracy"], b["n_jets"]))
         change = b["knn_accuracy"] - a["knn_accuracy"]
-        verdict = "better" if change > 2 * error else "worse" if change < -2 * error else "no clear change"
+        k, _ = threshold((), (), (error,))  # binomial errors only: infinitely many degrees of freedom, k = 1.96
+        verdict = {BETTER: "better", WORSE: "worse"}.get(verdict_of(change, error, k), "no clear change")
         reading.append({"step": f"{before} -> {after}", "block": block, "kNN before": a["knn_accuracy"],
                         "kNN after": b["knn_accuracy"], "kNN change": change, "standard error": error,
                         "silhouette change": b["silhouette"] - a["silhouette"], "verdict": verdict})
@@ -293,7 +294,7 @@ def claim_reading_over_seeds(scores_by_seed: Mapping[int, Mapping[str, Sequence[
     """The paper's claim step by step (untrained -> pretrained -> fine-tuned) from several seeds
     (:func:`scores_over_seeds`): the kNN accuracy of each model as mean ± std over seeds, and the verdict of
     :mod:`tauml.evaluation.verdicts` (the standard error of the seed means plus the binomial error of the
-    accuracy on the test jets); ``better``/``worse`` only beyond twice that uncertainty."""
+    accuracy on the test jets); ``better``/``worse`` only beyond the Welch t-test threshold of that uncertainty."""
     seeds = sorted(scores_by_seed)
     rows = {s: {(r["model"], r["block"]): r for r in scores_by_seed[s][kind]} for s in seeds}
     block = max(b for _, b in rows[seeds[0]]) if block is None else block

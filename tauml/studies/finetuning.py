@@ -174,8 +174,8 @@ def claims_rows(results: Results) -> list[dict[str, Any]]:
     """The core paper's claims (arXiv:2503.19165, Section 3.3) beside this run, each with its verdict.
 
     ``this run`` is the relative improvement of A over B (positive = better) with its uncertainty and
-    significance; ``verdict`` follows :mod:`tauml.evaluation.verdicts` (better / worse only beyond twice the
-    combined standard error of the seed means and the counting error); ``agrees`` says whether that verdict
+    significance; ``verdict`` follows :mod:`tauml.evaluation.verdicts` (better / worse only beyond the Welch
+    t-test threshold of the combined standard error of the seed means and the counting error); ``agrees`` says whether that verdict
     supports the paper's claim (``not significant`` when the run cannot tell).
     """
     rows = []
