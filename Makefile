@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 RESULTS ?= results
 
-.PHONY: install demo test test-unit test-notebooks lint format clean-results
+.PHONY: install demo test test-unit test-notebooks test-browser lint format clean-results
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/tauml demo --preset demo --results $(RESULTS)
 
-## make test: lint, unit tests, then every notebook under nbval (key numbers are asserted in cells)
-test: install lint test-unit test-notebooks
+## make test: lint, unit tests, every notebook under nbval (key numbers are asserted in cells), then the browser test
+test: install lint test-unit test-notebooks test-browser
 
 ## make lint: ruff, the import contract (layers import downward only, pyproject.toml), notebooks stripped of outputs
 lint: install
@@ -32,10 +32,15 @@ lint: install
 	$(BIN)/nbstripout --verify --keep-id notebooks/*.ipynb || (echo "notebooks carry outputs: run  $(BIN)/nbstripout --keep-id notebooks/*.ipynb" && false)
 
 test-unit: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not browser"
 
 test-notebooks: install
 	TAUML_PROGRESS=0 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks
+
+## make test-browser: 03 and 04 in JupyterLab in headless Chromium, driven like a student (after test-notebooks,
+## whose cache it reads); screenshots in $(RESULTS)/browser; skipped with a message where no Chromium is installed
+test-browser: install
+	TAUML_BROWSER_RESULTS=$(abspath $(RESULTS))/browser $(BIN)/python -m pytest -m browser tests/browser
 
 format: install
 	$(BIN)/ruff check --fix tauml tests benchmarks notebooks

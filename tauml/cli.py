@@ -5,9 +5,12 @@
     tauml fetch NAME                                    a real dataset file from data_manifest.yaml
     tauml train-tokenizer --preset demo                 the VQ-VAE tokenizer on the pp jets
     tauml pretrain --preset demo                        the GPT backbone, by next-token prediction
+    tauml pretrain --preset paper --data ~/data         ... on the released Fu(tau)ure / JetClass files (any step)
     tauml finetune --task reg --strategy fine_tuning --unfreeze-epoch 10 --gpt-blocks 3 --train-size 2000 --seed 1
     tauml evaluate --task reg --strategy fine_tuning ... --out metrics.json
     tauml scan --task reg --kind unfreeze               ablations and data-efficiency scans (unfreeze|blocks|train_size)
+    tauml generate --joint                              the joint analysis's event samples (notebook 06)
+    tauml joint --case hh4b --repr s_hlf --strategy finetuned   event-level joint analysis (--all: Tables II-IV)
     tauml prepare --preset demo [--steps data ...]      build in advance all the notebooks train (a warm start)
     tauml demo [--preset demo] [--results results]      the notebook series, headless
     tauml info [--preset demo]                          settings and cache locations
@@ -30,7 +33,17 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from tauml.config import ALL_SAMPLES, BASELINES, PRESETS, STRATEGIES, TASKS, ConfigError, get_preset, to_dict
+from tauml.config import (
+    ALL_SAMPLES,
+    BASELINES,
+    PRESETS,
+    STRATEGIES,
+    TASKS,
+    ConfigError,
+    get_preset,
+    to_dict,
+    with_data,
+)
 from tauml.evaluation.tasks import headline_metric
 from tauml.utils import error_sentence, is_expected_error
 
@@ -59,8 +72,9 @@ def _print_generation_summary(data) -> None:
     for sample, entry in data.manifest["samples"].items():
         rate = entry.get("events_per_cpu_second")
         jets = entry.get("jets_per_cpu_second")
+        sigma = f"   sigma {entry['sigma_fb']:.4g} fb (Pythia)" if "sigma_fb" in entry else ""
         print(f"  {sample:12s} {entry['events']:9d} events {entry['jets']:8d} jets "
-              f"{entry['bytes'] / 1e6:8.1f} MB   {rate or 0:7.1f} events/s/core {jets or 0:7.1f} jets/s/core")
+              f"{entry['bytes'] / 1e6:8.1f} MB   {rate or 0:7.1f} events/s/core {jets or 0:7.1f} jets/s/core{sigma}")
 
 
 @command("generate")
@@ -68,6 +82,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tauml.data.generate import generate, generate_cached
 
     config = get_preset(args.preset).generation
+    if args.joint:
+        from tauml.config import JOINT_GENERATION
+
+        config = JOINT_GENERATION.get(args.preset, JOINT_GENERATION["demo"])
     _positive(args, "events", "chunk_events", "workers")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"--out {args.out} is a file — give a new or empty folder")
@@ -116,7 +134,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from tauml import pipeline
     from tauml.evaluation.tokenization import tokenization_metrics
 
-    preset = get_preset(args.preset)
+    preset = _preset_of(args)
     tokenizer = pipeline.tokenizer(preset, progress=not args.quiet)
     split = pipeline.pp_split(preset, preset.tokenizer.val_fraction, preset.tokenizer.seed)
     metrics = tokenization_metrics(tokenizer, split.val)
@@ -131,7 +149,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from tauml import pipeline
 
-    preset = get_preset(args.preset)
+    preset = _preset_of(args)
     path = pipeline.backbone_checkpoint(preset, progress=not args.quiet)
     history = pipeline.backbone_history(preset)
     best = history["epochs"][history["best_epoch"]]
@@ -142,7 +160,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune_config(args: argparse.Namespace):
-    preset = get_preset(args.preset)
+    preset = _preset_of(args)
     changes = {"task": args.task, "strategy": args.strategy}
     for name in ("unfreeze_epoch", "train_size", "val_size", "seed", "epochs", "batch_size", "lr", "device"):
         value = getattr(args, name)
@@ -176,6 +194,18 @@ def _finetune_config(args: argparse.Namespace):
         raise FileExistsError(f"{out} exists — choose another path or pass --overwrite to replace it")
     check_device(config.device)
     return preset, config
+
+
+def _preset_of(args: argparse.Namespace, check: bool = True):
+    """The preset of ``--preset`` reading the data of ``--data`` (the preset's own when not given).  With ``check``,
+    a preset on files resolves and checks them now (tauml.pipeline.data_files), so that missing or malformed data
+    stop the command at once, before anything is built."""
+    preset = get_preset(with_data(args.preset, getattr(args, "data", None)))
+    if check and preset.data != "generated":
+        from tauml import pipeline  # torch: only the commands that train pay
+
+        pipeline.data_files(preset)
+    return preset
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
@@ -226,7 +256,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from tauml.pipeline.scan import ScanStore, build_scan, run_scan, summarize
     from tauml.studies.report import markdown_table
 
-    preset = get_preset(args.preset)
+    preset = _preset_of(args)
     _positive(args, "epochs")
     tasks = [args.task] if args.task != "all" else list(TASKS)
     known = [m for m in dict.fromkeys(sum((SCAN_METRICS[t] for t in tasks), ())) if all(
@@ -256,6 +286,43 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("joint")
+def cmd_joint(args: argparse.Namespace) -> int:
+    from tauml.config import JointConfig
+    from tauml.studies import joint as study  # torch: only once the command runs
+    from tauml.studies.report import markdown_table
+
+    _positive(args, "epochs_frozen", "epochs_e2e")
+    if args.train_sizes and min(args.train_sizes) <= 0:
+        raise ConfigError(f"--train-sizes {args.train_sizes} must all be positive — give sizes above 0")
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds {args.seeds} must be distinct")
+    if args.all:
+        models = study.ALL_MODELS
+    else:
+        models = tuple((r, s) for r in (args.repr or ["s_hlf"]) for s in (args.strategy or ["frozen"]))
+    settings = {k: v for k, v in (("epochs_frozen", args.epochs_frozen), ("epochs_e2e", args.epochs_e2e),
+                                  ("device", args.device)) if v is not None}
+    sizes = tuple(args.train_sizes or study.NOTEBOOK_TRAIN_SIZES)
+    seeds = tuple(args.seeds or study.NOTEBOOK_SEEDS)
+    for point in study.study_points(args.case, models, sizes, seeds, args.jet_model, **settings):
+        JointConfig.validate(point)  # every option checked before anything trains
+    records = study.run_study(args.preset, [args.case], models, sizes, seeds, args.jet_model,
+                              progress=not args.quiet, **settings)[args.case]
+    print(f"{args.case}: {len(records)} points (jet model {args.jet_model}, mean ± std over seeds {list(seeds)})")
+    print("\nBackground rejection at 90 % signal efficiency (Table II), largest size:")
+    print(markdown_table(study.rejection_table(records)))
+    print("\nAUC:")
+    print(markdown_table(study.rejection_table(records, metric="auc")))
+    if len(sizes) > 1 and ("s_hlf", "frozen") in models:
+        print("\nData efficiency against S+HLF frozen (Table III):")
+        print(markdown_table(study.efficiency_table(records)))
+    if any(r == "s_hlf" and s != "frozen" for r, s in models):
+        print("\nThe learned scalar as a jet tagger (Table IV):")
+        print(markdown_table(study.drift_table(args.preset, args.case, records)))
+    return 0
+
+
 @command("prepare")
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tauml.studies.prepare import STEPS, check_steps, prepare  # torch only once a step runs
@@ -266,7 +333,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 0
     _positive(args, "workers")
     check_steps(args.steps)  # before anything is built
-    prepare(args.preset, steps=args.steps, workers=args.workers, progress=not args.quiet)
+    prepare(_preset_of(args), steps=args.steps, workers=args.workers, progress=not args.quiet)
     return 0
 
 
@@ -274,7 +341,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tauml.demo import print_summary, run_series
 
-    summary = run_series(args.preset, args.results, notebooks=args.notebooks or None)
+    _preset_of(args)  # a data source that does not exist or holds no data files stops here, before any notebook
+    summary = run_series(args.preset, args.results, notebooks=args.notebooks or None, data=args.data)
     print_summary(summary)
     return 0
 
@@ -294,9 +362,18 @@ def cmd_import_omnijet(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from tauml.cache import cache_dir
 
-    preset = get_preset(args.preset)
+    preset = _preset_of(args, check=False)
     print(json.dumps({"preset": to_dict(preset), "cache_dir": str(cache_dir())}, indent=2))
     return 0
+
+
+DATA_HELP = ("where the data come from: 'generated' (the preset's generated events), 'files' (what `tauml fetch` "
+             "stored), or a folder, file or glob of Fu(tau)ure / JetClass files in the released layouts (several "
+             "joined by ':'); default: the preset's own (demo, medium: generated; paper: files). docs/data.md")
+
+
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="PATH|generated|files", help=DATA_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--chunk-events", type=int, help="events per chunk (the unit of resuming)")
     p.add_argument("--ideal", action="store_true", help="switch off the particle-flow imperfections")
+    p.add_argument("--joint", action="store_true", help="the joint analysis's event samples instead (notebook 06)")
     p.add_argument("--out", help="output folder (default: tauml's cache, by configuration)")
     p.add_argument("--workers", type=int, help="worker processes (default: all usable cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -323,16 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-tokenizer", help="train the preset's VQ-VAE tokenizer on the pp jets (cached)")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    _data_option(p)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("pretrain", help="pretrain the preset's GPT backbone by next-token prediction (cached)")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    _data_option(p)
     p.add_argument("--quiet", action="store_true")
 
     for name, text in (("finetune", "train a tau model on one task with one strategy (cached)"),
                        ("evaluate", "the test metrics of a (cached) training, as JSON")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+        _data_option(p)
         p.add_argument("--task", required=True, choices=TASKS)
         p.add_argument("--strategy", required=True, choices=STRATEGIES + BASELINES)
         p.add_argument("--unfreeze-epoch", type=int, help="fine_tuning: epoch at which the backbone is unfrozen")
@@ -351,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scan", help="ablation and data-efficiency scans, several seeds per point (cached per point)")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    _data_option(p)
     p.add_argument("--task", required=True, choices=(*TASKS, "all"))
     p.add_argument("--kind", required=True, choices=("unfreeze", "blocks", "train_size"))
     p.add_argument("--strategies", nargs="*", choices=STRATEGIES + BASELINES,
@@ -361,9 +443,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="metric to summarise (default: the task's headline metric)")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("joint", help="the joint analysis (arXiv:2401.13536): event classifiers from jet representations, "
+                       "strategies and training sizes, several seeds (cached per point; notebook 06)")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--case", required=True, choices=("hh4b", "zh_tautau"))
+    p.add_argument("--repr", nargs="+", choices=("s_hlf", "v_hlf", "v"), help="jet representations (default s_hlf)")
+    p.add_argument("--strategy", nargs="+", choices=("frozen", "finetuned", "from_scratch", "foundation"),
+                   help="strategies (default frozen)")
+    p.add_argument("--all", action="store_true", help="the full grid of Table II plus the foundation init")
+    p.add_argument("--jet-model", default="gpt", choices=("gpt", "part"))
+    p.add_argument("--train-sizes", nargs="+", type=int, help="training events (default: notebook 06's)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds per point (default: notebook 06's three)")
+    p.add_argument("--epochs-frozen", type=int)
+    p.add_argument("--epochs-e2e", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("prepare", help="build in advance everything the notebooks train: data, tokenizers, backbone, "
                        "fine-tunings, scan points (cached; a warm start for a class or Binder)")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    _data_option(p)
     p.add_argument("--steps", nargs="+", metavar="STEP",
                    help="only these steps, e.g. data tokenizer backbone (default: all; see --list)")
     p.add_argument("--list", action="store_true", help="list the steps, the notebook each serves and what it builds")
@@ -372,11 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate the data and run the notebook series headless")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    _data_option(p)
     p.add_argument("--results", default="results", help="folder for executed notebooks, figures, summary.json")
     p.add_argument("--notebooks", nargs="*", help="run only these notebooks (names without .ipynb)")
 
     p = sub.add_parser("info", help="print a preset's settings and the cache folder")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    _data_option(p)
 
     p = sub.add_parser("import-omnijet", help="read a released OmniJet-alpha checkpoint into a tauml one "
                                               "(docs/omnijet.md)")

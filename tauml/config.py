@@ -18,15 +18,23 @@ Every configuration object has a stable :func:`config_hash`, which names its cac
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: Samples that can be generated.  e+e- at 380 GeV in the Fu(tau)ure schema, pp at 13 TeV in the JetClass schema.
 EE_SAMPLES: tuple[str, ...] = ("z", "zh", "qq")
 PP_SAMPLES: tuple[str, ...] = ("ZJetsToNuNu", "TTBar")
-ALL_SAMPLES: tuple[str, ...] = EE_SAMPLES + PP_SAMPLES
+#: Event-level samples of the joint analysis (notebook 06, docs/joint.md): every selected reco jet of each event
+#: with its constituents.  e+e- at 380 GeV: ZH with H -> tau tau (signal) against Z/gamma* -> tau tau, ZZ and q qbar;
+#: pp at 13 TeV: X -> HH -> b bbar b bbar at three masses (GeV) against QCD multijets.
+EE_EVENT_SAMPLES: tuple[str, ...] = ("ee_zh", "ee_z", "ee_zz", "ee_qq")
+PP_EVENT_SAMPLES: tuple[str, ...] = ("hh4b_m1000", "hh4b_m2000", "hh4b_m3000", "qcd_multijet")
+EVENT_SAMPLES: tuple[str, ...] = EE_EVENT_SAMPLES + PP_EVENT_SAMPLES
+ALL_SAMPLES: tuple[str, ...] = EE_SAMPLES + PP_SAMPLES + EVENT_SAMPLES
 
 TASKS: tuple[str, ...] = ("id", "reg", "dm")
 STRATEGIES: tuple[str, ...] = ("from_scratch", "fixed_backbone", "fine_tuning")
@@ -34,7 +42,12 @@ STRATEGIES: tuple[str, ...] = ("from_scratch", "fixed_backbone", "fine_tuning")
 BASELINES: tuple[str, ...] = ("part", "deepset")
 
 
-#: The data sources a preset may name (:attr:`Preset.data`).
+#: What the backbone reads per constituent (:attr:`GPTConfig.inputs`): the token ids, or the continuous features
+#: (the "hybrid" of arXiv:2512.04149: continuous inputs, token ids as the next-token and masked-particle targets).
+BACKBONE_INPUTS: tuple[str, ...] = ("tokens", "continuous")
+
+#: The named data sources (:attr:`Preset.data`): the preset's generated events, or the files ``tauml fetch``
+#: stored.  Any other value is a folder, a file or a glob of data files (several joined by ``os.pathsep``).
 DATA_SOURCES: tuple[str, ...] = ("generated", "files")
 
 
@@ -45,6 +58,32 @@ class ConfigError(ValueError):
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _data_source_problem(source: Any) -> str | None:
+    """Why ``source`` cannot be a data source (a path or glob that names nothing), or None; cheap (no reading)."""
+    if not isinstance(source, str) or not source.strip():
+        return "give 'generated', 'files' or a folder, file or glob of data files"
+    if source in DATA_SOURCES:
+        return None
+    for part in source.split(os.pathsep):
+        part = os.path.expanduser(part)
+        if any(c in part for c in "*?["):
+            if not glob.glob(part, recursive=True):
+                return f"the pattern {part!r} matches no file"
+        elif not os.path.exists(part):
+            return f"{part} does not exist"
+    return None
+
+
+def added_setting(default: Any) -> Any:
+    """Declare a setting added after results were cached: while it keeps ``default`` it is left out of
+    :func:`identity_dict` (and so of :func:`config_hash`), so the caches built before it existed stay valid.
+
+    Use it for every setting added to an existing dataclass: ``use_widget: bool = added_setting(False)``.
+    A non-default value enters the hash like any other setting.
+    """
+    return field(default=default, metadata={"added": True})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -267,7 +306,10 @@ class TokenizerConfig:
 class GPTConfig:
     """GPT backbone (nanoGPT-style, no positional encoding: a jet is a set ordered by pT).
 
-    ``vocab_size`` is filled in from the tokenizer (codebook size + 3 special tokens).
+    ``vocab_size`` is filled in from the tokenizer (codebook size + 3 special tokens).  ``inputs`` is what the
+    backbone reads per constituent: ``"tokens"`` (the token ids, OmniJet-alpha) or ``"continuous"`` (the
+    constituent features of :mod:`tauml.data.features`, the tokenizer's own inputs, through a small MLP; the token
+    ids stay the targets: the hybrid of arXiv:2512.04149).  See docs/backbone.md.
     """
 
     n_layer: int = 3
@@ -277,8 +319,10 @@ class GPTConfig:
     dropout: float = 0.0
     max_len: int = 130  # longest token sequence: start + 128 constituents + stop
     vocab_size: int = 0
+    inputs: str = added_setting("tokens")
 
     def validate(self) -> None:
+        _check(self.inputs in BACKBONE_INPUTS, f"inputs={self.inputs!r}; choose from {', '.join(BACKBONE_INPUTS)}")
         _check(self.n_layer > 0, f"n_layer={self.n_layer} must be positive")
         _check(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         _check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must lie in [0, 1)")
@@ -286,7 +330,12 @@ class GPTConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Next-token pretraining of the backbone on tokenized JetClass-like jets."""
+    """Pretraining of the backbone on tokenized JetClass-like jets.
+
+    The objective is ``ntp_weight`` x next-token prediction (causal pass) + ``mpm_weight`` x masked particle
+    modelling (a fraction ``mask_fraction`` of each jet's constituents hidden, their token ids predicted from a
+    bidirectional pass; arXiv:2401.13537, arXiv:2512.04149).  The default is next-token prediction alone.
+    """
 
     epochs: int = 4
     batch_size: int = 64
@@ -300,10 +349,21 @@ class PretrainConfig:
     seed: int = 1603
     device: str = "auto"  # "auto" picks cuda when available
     bf16: bool = True  # autocast to bfloat16 on CUDA
+    ntp_weight: float = added_setting(1.0)  # weight of next-token prediction in the pretraining loss
+    mpm_weight: float = added_setting(0.0)  # weight of masked particle modelling
+    mask_fraction: float = added_setting(0.15)  # share of a jet's constituents hidden for MPM (at least one)
+    #: True: tokenize the pp files once into token shards on disk and stream batches from them (memory flat in
+    #: the number of jets, docs/training.md); False: tokens in memory (as the demo's cached backbone was built)
+    streaming: bool = added_setting(False)
 
     def validate(self) -> None:
         _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "epochs, batch_size and lr must be positive")
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must lie in (0, 1)")
+        _check(self.ntp_weight >= 0 and self.mpm_weight >= 0 and self.ntp_weight + self.mpm_weight > 0,
+               f"ntp_weight={self.ntp_weight} and mpm_weight={self.mpm_weight} must not be negative and not both 0")
+        _check(0.0 < self.mask_fraction < 1.0, f"mask_fraction={self.mask_fraction} must lie in (0, 1)")
+        _check(not (self.streaming and self.train_jets), "train_jets limits the in-memory pretraining only; with "
+               "streaming=True give fewer files instead, or set train_jets=0")
 
 
 @dataclass(frozen=True)
@@ -416,6 +476,70 @@ class ScanConfig:
         _check(self.ablation_train_size > 0, "ablation_train_size must be positive")
 
 
+@dataclass(frozen=True)
+class JointConfig:
+    """One training of the joint analysis (arXiv:2401.13536; notebook 06, docs/joint.md): an event classifier of
+    ``case`` from the jets' ``representation`` with ``strategy``, on ``train_size`` training events.
+
+    ``jet_model`` is ``gpt`` (tauml's backbone + task head) or ``part`` (the ParticleTransformer baseline).  The
+    frozen head trains ``epochs_frozen`` epochs with Adam; the end-to-end strategies ``epochs_e2e`` epochs with
+    RAdam (betas 0.95, 0.999, eps 1e-5, the paper's inner optimiser), a 5-step warm-up, flat to 70 % of the steps,
+    then a linear decay to 0.  The best epoch by validation loss is kept.
+    """
+
+    case: str = "zh_tautau"
+    representation: str = "s_hlf"
+    strategy: str = "frozen"
+    jet_model: str = "gpt"
+    train_size: int = 1000  # training events
+    val_size: int = 200  # validation events (at most: a smaller validation split is used whole)
+    seed: int = 1
+    epochs_frozen: int = 40
+    epochs_e2e: int = 6
+    batch_size: int = 128
+    lr_frozen: float = 1e-3
+    lr_e2e: float = 5e-4
+    width: int = 64  # phi and rho widths (the paper's HEAD code: 128)
+    n_layers: int = 3
+    max_constituents_pp: int = 32  # leading constituents per pp jet (JetClass keeps 128)
+    device: str = "auto"
+
+    def validate(self) -> None:
+        _check(self.case in JOINT_CASES, f"case={self.case!r}; choose from {', '.join(JOINT_CASES)}")
+        _check(self.representation in JOINT_REPRESENTATIONS,
+               f"representation={self.representation!r}; choose from {', '.join(JOINT_REPRESENTATIONS)}")
+        _check(self.strategy in JOINT_STRATEGIES,
+               f"strategy={self.strategy!r}; choose from {', '.join(JOINT_STRATEGIES)}")
+        _check(self.jet_model in JOINT_JET_MODELS, f"jet_model={self.jet_model!r}; choose from gpt, part")
+        _check(not (self.jet_model == "part" and self.strategy == "foundation"),
+               "strategy='foundation' starts the jet model from tauml's pretrained GPT backbone: use jet_model='gpt' "
+               "(there is no pretrained ParticleTransformer)")
+        _check(self.train_size > 0 and self.val_size > 0, "train_size and val_size must be positive (events)")
+        _check(self.epochs_frozen > 0 and self.epochs_e2e > 0, "epochs_frozen and epochs_e2e must be positive")
+        _check(self.batch_size > 0 and self.lr_frozen > 0 and self.lr_e2e > 0, "batch_size and the lrs must be positive")
+        _check(self.width > 0 and self.n_layers > 0, "width and n_layers must be positive")
+        _check(self.max_constituents_pp > 0, "max_constituents_pp must be positive")
+        _check(self.seed >= 0, f"seed={self.seed} must not be negative")
+
+
+JOINT_CASES: tuple[str, ...] = ("zh_tautau", "hh4b")
+JOINT_REPRESENTATIONS: tuple[str, ...] = ("s_hlf", "v_hlf", "v")
+JOINT_STRATEGIES: tuple[str, ...] = ("frozen", "finetuned", "from_scratch", "foundation")
+JOINT_JET_MODELS: tuple[str, ...] = ("gpt", "part")
+
+#: The event samples of the joint analysis per preset (``tauml generate --preset NAME --joint``): the demo's take
+#: about 2 minutes on one core (docs/joint.md), the paper's are for a cluster.
+JOINT_GENERATION: dict[str, GenerationConfig] = {
+    "demo": GenerationConfig(events={"ee_zh": 1000, "ee_z": 500, "ee_zz": 500, "ee_qq": 600, "hh4b_m1000": 300,
+                                     "hh4b_m2000": 300, "hh4b_m3000": 300, "qcd_multijet": 1200},
+                             seed=1, chunk_events=150),
+    "paper": GenerationConfig(events={"ee_zh": 400_000, "ee_z": 400_000, "ee_zz": 400_000, "ee_qq": 400_000,
+                                      "hh4b_m1000": 300_000, "hh4b_m2000": 300_000, "hh4b_m3000": 300_000,
+                                      "qcd_multijet": 3_000_000},
+                              seed=1, chunk_events=10_000),
+}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Presets
 # ----------------------------------------------------------------------------------------------------------
@@ -437,12 +561,21 @@ class Preset:
     part: ParTBaselineConfig = field(default_factory=ParTBaselineConfig)
     deepset: DeepSetConfig = field(default_factory=DeepSetConfig)
     description: str = ""
-    #: Where the data come from: ``"generated"`` (generated on first use) or ``"files"`` (the released
-    #: Fu(tau)ure and JetClass files; generating instead happens only when asked for, ``tauml generate``).
+    #: Where the data come from: ``"generated"`` (generated on first use), ``"files"`` (the released Fu(tau)ure
+    #: and JetClass files `tauml fetch` stored; generating instead happens only when asked for), or a folder, a
+    #: file or a glob of files in the released layouts (several joined by ``os.pathsep``); see
+    #: :mod:`tauml.data.sources` and :func:`with_data`.
     data: str = "generated"
+    #: At most this many pp (JetClass) jets per class are read for the tokenizer and the pretraining, the first
+    #: ones in file order (0 = all): what keeps a preset on the released files (100 M jets) to its size.
+    pp_jets_per_sample: int = added_setting(0)
 
     def validate(self) -> Preset:
-        _check(self.data in DATA_SOURCES, f"data={self.data!r}; choose from {', '.join(DATA_SOURCES)}")
+        problem = _data_source_problem(self.data)
+        _check(problem is None, f"data={self.data!r}: {problem}; choose from {', '.join(DATA_SOURCES)} or give a "
+                                "folder, file or glob of Fu(tau)ure / JetClass files")
+        _check(isinstance(self.pp_jets_per_sample, int) and self.pp_jets_per_sample >= 0,
+               f"pp_jets_per_sample={self.pp_jets_per_sample!r} must be a whole number >= 0 (0 = all)")
         for part in (self.generation, self.features, self.tokenizer, self.gpt, self.pretrain, self.head,
                      self.finetune, self.scan, self.part, self.deepset):
             part.validate()
@@ -493,11 +626,37 @@ PAPER = Preset(
     data="files",
 )
 
-PRESETS: dict[str, Preset] = {"demo": DEMO, "paper": PAPER}
+MEDIUM = Preset(
+    name="medium",
+    description=(
+        "Between demo and paper: about 1.7 core-hours of generation (or the real files with --data), about 270,000 pp "
+        "jets, trainings sized for one GPU or a workstation overnight; measured cost in docs/data.md."
+    ),
+    generation=GenerationConfig(
+        events={"z": 300_000, "zh": 50_000, "qq": 200_000, "ZJetsToNuNu": 250_000, "TTBar": 300_000},
+        seed=1,
+        chunk_events=5000,
+    ),
+    features=FeatureConfig(),
+    tokenizer=TokenizerConfig(codebook_size=2048, hidden_dim=128, n_blocks=3, n_heads=8, epochs=10, batch_size=512,
+                              train_jets=0),
+    gpt=GPTConfig(n_layer=3, n_head=8, n_embd=256, ffn_dim=1024),
+    pretrain=PretrainConfig(epochs=8, batch_size=256, warmup_steps=500),
+    head=HeadConfig(n_heads=8, dropout=0.1),
+    finetune=FinetuneConfig(epochs=20, batch_size=1024, lr=5e-4, unfreeze_epoch=10, train_size=100_000,
+                            val_size=20_000),
+    scan=ScanConfig(train_sizes=(1_000, 10_000, 100_000), ablation_train_size=10_000),
+    part=ParTBaselineConfig(embed_dims=(128, 256, 128), pair_embed_dims=(64, 64, 64), num_heads=8),
+    deepset=DeepSetConfig(width=128),
+    pp_jets_per_sample=150_000,
+)
+
+PRESETS: dict[str, Preset] = {"demo": DEMO, "medium": MEDIUM, "paper": PAPER}
 
 
 def get_preset(name: str | Preset) -> Preset:
-    """The preset called ``name`` (``demo`` or ``paper``), validated; a :class:`Preset` is validated and returned."""
+    """The preset called ``name`` (``demo``, ``medium`` or ``paper``), validated; a :class:`Preset` is validated and
+    returned."""
     if isinstance(name, Preset):
         return name.validate()
     if name not in PRESETS:
@@ -505,19 +664,26 @@ def get_preset(name: str | Preset) -> Preset:
     return PRESETS[name].validate()
 
 
+def with_data(preset: str | Preset, data: str | os.PathLike[str] | None) -> str | Preset:
+    """``preset`` reading its data from ``data``: ``"generated"``, ``"files"`` (what ``tauml fetch`` stored), or a
+    folder, file or glob of Fu(tau)ure / JetClass files in the released layouts (several joined by ``os.pathsep``;
+    :mod:`tauml.data.sources`), made absolute (``~`` expanded).  ``None`` returns ``preset`` unchanged, as given (a
+    name stays a name), so a notebook's ``DATA = None`` changes nothing.  The result is validated: a path that does
+    not exist is a :class:`ConfigError`.
+
+        with_data("demo", "~/data/fuure:~/data/JetClass")   # the demo's sizes on the released files
+    """
+    if data is None:
+        return preset
+    data = os.fspath(data)
+    if data not in DATA_SOURCES:  # absolute paths: a notebook (run in notebooks/) finds what the shell meant
+        data = os.pathsep.join(os.path.abspath(os.path.expanduser(part)) for part in data.split(os.pathsep))
+    return replace(get_preset(preset), data=data).validate()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Hashing and (de)serialisation
 # ----------------------------------------------------------------------------------------------------------
-
-
-def added_setting(default: Any) -> Any:
-    """Declare a setting added after results were cached: while it keeps ``default`` it is left out of
-    :func:`identity_dict` (and so of :func:`config_hash`), so the caches built before it existed stay valid.
-
-    Use it for every setting added to an existing dataclass: ``use_widget: bool = added_setting(False)``.
-    A non-default value enters the hash like any other setting.
-    """
-    return field(default=default, metadata={"added": True})
 
 
 def to_dict(config: Any) -> Any:

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from tauml import pipeline
+from tauml.config import with_data
 
 #: The notebook series, in order.  A notebook that does not exist (yet) is skipped with a note.
 SERIES: tuple[str, ...] = ("00_data", "01_tokenization", "02_pretraining", "03_finetuning", "04_ablations",
-                           "05_embeddings", "06_joint_analysis")
+                           "05_embeddings", "06_joint_analysis", "07_beyond_tokens")
 
 
 def notebooks_dir() -> Path:
@@ -35,8 +36,9 @@ def notebooks_dir() -> Path:
 
 
 def run_series(preset: str, results: str | os.PathLike[str], notebooks: list[str] | None = None,
-               source: Path | None = None, timeout: int | None = None) -> dict:
-    """Execute the notebooks of ``SERIES`` (or ``notebooks``) for ``preset``; return the summary."""
+               source: Path | None = None, timeout: int | None = None, data: str | None = None) -> dict:
+    """Execute the notebooks of ``SERIES`` (or ``notebooks``) for ``preset``; return the summary.  ``data``: the
+    data source the notebooks read (``TAUML_DATA``, their ``DATA`` setting; None: the preset's own)."""
     import nbformat  # (local: the optional 'notebooks' extra)
     from nbclient import NotebookClient
 
@@ -46,9 +48,13 @@ def run_series(preset: str, results: str | os.PathLike[str], notebooks: list[str
     (results / "notebooks").mkdir(parents=True, exist_ok=True)
     os.environ["TAUML_PRESET"] = preset
     os.environ["TAUML_RESULTS_DIR"] = str(results)
-    print(f"tauml demo: preset {preset!r}, results in {results}")
-    data = pipeline.dataset(preset)
-    print(f"data ready in {data.root}")
+    if data is not None:
+        os.environ["TAUML_DATA"] = str(data)
+    else:
+        os.environ.pop("TAUML_DATA", None)
+    print(f"tauml demo: preset {preset!r}{'' if data is None else f', data {data!r}'}, results in {results}")
+    ready = pipeline.dataset(with_data(preset, data))
+    print(f"data ready in {ready.root}")
     timings = {}
     for name in notebooks or SERIES:
         path = source / f"{name}.ipynb"

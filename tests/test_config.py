@@ -56,15 +56,20 @@ def test_the_paper_preset_never_starts_generating_by_itself(monkeypatch, tmp_pat
 
     monkeypatch.setenv("TAUML_CACHE_DIR", str(tmp_path))
     assert get_preset("paper").data == "files" and get_preset("demo").data == "generated"
-    with pytest.raises(pipeline.DataError, match=r"tauml generate --preset paper.*core-hours"):
+    monkeypatch.setenv("TAUML_DATA_DIR", str(tmp_path / "downloads"))
+    with pytest.raises(pipeline.DataError, match=r"tauml fetch.*--data generated \(about \d+ core-hours"):
         pipeline.dataset("paper")
     assert not (tmp_path / "data").exists()  # nothing was started or created
     assert 20 < pipeline.generation_core_hours("paper") < 100
 
 
 def test_an_unknown_data_source_is_refused():
-    with pytest.raises(ConfigError, match="data='somewhere'"):
+    with pytest.raises(ConfigError, match="data='somewhere': somewhere does not exist"):
         replace(get_preset("demo"), data="somewhere").validate()
+    with pytest.raises(ConfigError, match="data=''"):
+        replace(get_preset("demo"), data="").validate()
+    with pytest.raises(ConfigError, match="pp_jets_per_sample=-1"):
+        replace(get_preset("demo"), pp_jets_per_sample=-1).validate()
 
 
 def test_an_added_setting_keeps_old_cache_keys_until_it_is_changed():

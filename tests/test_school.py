@@ -334,3 +334,22 @@ def test_confusion_text_sits_above_the_experiment_label():
     assert len(experiment) == 2, "no experiment label found"
     box = text.get_window_extent(renderer)
     assert all(not box.overlaps(t.get_window_extent(renderer)) for t in experiment)
+
+
+def test_scan_explorer_follows_a_change_of_task(tiny_preset, built):
+    """Choosing another task gives that task's metrics and redraws (it raised a TraitError before, which a browser
+    hides in its log: the explorer then stopped redrawing; found by tests/browser)."""
+    from tauml.studies import ablations as studies
+    from tauml.widgets import scan_explorer
+    from tauml.widgets.scans import TASK_METRICS
+
+    records = studies.run_ablations(tiny_preset, tasks=("reg", "dm"), kinds=("blocks",), progress=False, workers=1)
+    explorer = scan_explorer(records, epochs=tiny_preset.finetune.epochs)
+    first = explorer.output.outputs
+    explorer.task.value = "dm"
+    assert explorer.metric.options == TASK_METRICS["dm"] and explorer.metric.value == "weighted_auc"
+    assert explorer.output.outputs != first and explorer.summary_rows()[0]["metric"] == "weighted_auc"
+    explorer.metric.value = "accuracy"
+    assert explorer.summary_rows()[0]["metric"] == "accuracy"
+    explorer.task.value = "reg"
+    assert explorer.metric.value == "resolution" and explorer.summary_rows()[0]["task"] == "reg"

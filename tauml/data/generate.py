@@ -39,7 +39,7 @@ from tauml.cache import (
     read_json,
     write_json,
 )
-from tauml.config import EE_SAMPLES, GenerationConfig, config_hash, to_dict
+from tauml.config import EE_EVENT_SAMPLES, EE_SAMPLES, EVENT_SAMPLES, GenerationConfig, config_hash, to_dict
 from tauml.data import jets as jetlib
 from tauml.data.detector import Candidates, simulate_ee, simulate_pp
 from tauml.data.pythia import SAMPLE_INDEX, GenEvents, generate_batch, pythia_seed
@@ -55,6 +55,13 @@ GEN_RECO_JET_DR = 0.3
 SIGNAL_SAMPLES = ("z", "zh")
 PP_JET_PT_RANGE = (500.0, 1000.0)
 PP_JET_ETA_MAX = 2.0
+#: The joint analysis's event samples (docs/joint.md): e+e- reco jets above 5 GeV; pp anti-kT R = 0.8 jets with
+#: pT > 200 GeV and |eta| < 2.4 (the CMS AK8 selection of the paper's dataset); a jet is H -> b bbar when the Higgs
+#: and both its b quarks lie within Delta R < 0.8 of the jet axis.
+EVENT_EE_MIN_JET_PT = 5.0
+EVENT_PP_MIN_JET_PT = 200.0
+EVENT_PP_JET_ETA_MAX = 2.4
+HIGGS_BB_DR = 0.8
 TOP_PARTON_DR = 0.8
 
 MANIFEST = "manifest.json"
@@ -161,8 +168,12 @@ def find_taus(gen: GenEvents, rule: str = "descendants") -> TauTruth:
     )
 
 
-def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_number: int) -> tuple[ak.Array, ak.Array]:
-    """Jets, truth and matching for a batch of e+e- events.  Returns (per-jet records, per-event records)."""
+def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_number: int,
+               all_jets: bool = False) -> tuple[ak.Array, ak.Array]:
+    """Jets, truth and matching for a batch of e+e- events.  Returns (per-jet records, per-event records).
+
+    ``all_jets`` (the joint analysis's event samples) keeps every reco jet above :data:`EVENT_EE_MIN_JET_PT`,
+    tau-matched or not, instead of the tau-matched (signal) or gen-matched (background) jets only."""
     n_events = gen.n_events
     # reco jets on the particle-flow candidates
     cand = _jagged(candidates.offsets, px=candidates.px, py=candidates.py, pz=candidates.pz, E=candidates.e)
@@ -210,7 +221,11 @@ def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_
     # rows: reco jets matched to a clean gen jet; signal samples keep the tau-matched ones only
     keep = reco_gen >= 0
     reco_tau = np.where(keep, gen_jet_tau[np.maximum(reco_gen, 0)], -1)
-    if sample in SIGNAL_SAMPLES:
+    if all_jets:
+        keep = np.hypot(rj["px"], rj["py"]) > EVENT_EE_MIN_JET_PT
+        if sample == "ee_qq":  # as for qq: a tau from a heavy-flavour decay inside a b or c jet is no tau jet
+            reco_tau[:] = -1
+    elif sample in SIGNAL_SAMPLES:
         keep &= reco_tau >= 0
     else:
         # background by definition: a tau from a heavy-flavour decay inside a b or c jet is not a tau jet
@@ -238,7 +253,8 @@ def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_
         "reco_cand_dxy_err": ak.unflatten(c.dxy_err[take].astype(np.float32), counts),
         "reco_cand_dz_err": ak.unflatten(c.dz_err[take].astype(np.float32), counts),
         "reco_jet_p4s": _p4_record(rj["px"][rows], rj["py"][rows], rj["pz"][rows], rj["E"][rows]),
-        "gen_jet_p4s": _p4_record(gj["px"][gjr], gj["py"][gjr], gj["pz"][gjr], gj["E"][gjr]),
+        # a reco jet without a gen jet (all_jets only) gets a zero gen-jet 4-vector
+        "gen_jet_p4s": _p4_record(*(np.where(gjr >= 0, gj[k][np.maximum(gjr, 0)], 0.0) for k in ("px", "py", "pz", "E"))),
         "gen_jet_tau_p4s": _p4_record(vis[:, 0], vis[:, 1], vis[:, 2], vis[:, 3]),
         "gen_jet_tau_decaymode": np.where(has_tau, taus.decay_mode[ti] if len(taus.decay_mode) else -1, -1)
         .astype(np.int64),
@@ -253,10 +269,9 @@ def process_ee(gen: GenEvents, candidates: Candidates, sample: str, first_event_
     })
 
     # one row per event: all reco jets, the visible sum, the number of hadronic taus
-    cand_sum = [np.add.reduceat(getattr(c, k), c.offsets[:-1]) if len(c.px) else np.zeros(n_events)
-                for k in ("px", "py", "pz", "e")]
-    empty = np.diff(c.offsets) == 0
-    cand_sum = [np.where(empty, 0.0, v) for v in cand_sum]
+    # summed per event with bincount: reduceat fails when the last events have no candidate at all
+    cand_event = np.repeat(np.arange(n_events), np.diff(c.offsets))
+    cand_sum = [np.bincount(cand_event, weights=getattr(c, k), minlength=n_events) for k in ("px", "py", "pz", "e")]
     events = ak.Array({
         "event_number": (first_event_number + np.arange(n_events)).astype(np.int64),
         "reco_jet_p4s": _p4_record(rj["px"], rj["py"], rj["pz"], rj["E"], rj_per_event),
@@ -380,6 +395,21 @@ def process_pp(gen: GenEvents, candidates: Candidates, sample: str) -> dict[str,
                     contained[k] = True
         keep &= contained
     rows = np.flatnonzero(keep)
+    branches = _jetclass_branches(c, j, j_n, j_cands, rows, pt, eta, phi)
+    for label in JETCLASS_LABELS:
+        value = {"ZJetsToNuNu": "label_QCD", "TTBar": "label_Tbqq"}[sample] == label
+        branches[label] = np.full(len(rows), value, dtype=_label_dtype(label))
+    return branches
+
+
+def _label_dtype(label: str) -> type:
+    return np.float32 if label == "label_QCD" else (np.bool_ if label in (
+        "label_Hbb", "label_Hcc", "label_Hgg", "label_H4q", "label_Hqql") else np.int32)
+
+
+def _jetclass_branches(c: Candidates, j: dict[str, np.ndarray], j_n: np.ndarray, j_cands: np.ndarray,
+                       rows: np.ndarray, pt: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> dict:
+    """The JetClass-schema particle and jet branches (labels aside) of the jets ``rows``."""
     take, counts = _jet_constituents(rows, j_n, j_cands, c)
     ceta, cphi = _eta_phi(c.px[take], c.py[take], c.pz[take])
     deta = ceta - np.repeat(eta[rows], counts)
@@ -408,12 +438,54 @@ def process_pp(gen: GenEvents, candidates: Candidates, sample: str) -> dict[str,
         "px": branches["part_px"], "py": branches["part_py"], "pz": branches["part_pz"],
         "E": branches["part_energy"]}))
     branches.update(shape)
-    for label in JETCLASS_LABELS:
-        value = {"ZJetsToNuNu": "label_QCD", "TTBar": "label_Tbqq"}[sample] == label
-        dtype = np.float32 if label == "label_QCD" else (np.bool_ if label in (
-            "label_Hbb", "label_Hcc", "label_Hgg", "label_H4q", "label_Hqql") else np.int32)
-        branches[label] = np.full(len(rows), value, dtype=dtype)
     return branches
+
+
+def _higgs_to_bb(gen: GenEvents) -> list[list[np.ndarray]]:
+    """Per event, for each Higgs boson (last copy) decaying to b bbar: the (eta, phi) of the Higgs and its two b's."""
+    result = []
+    for ev in range(gen.n_events):
+        s = gen.event(ev)
+        pdg, d1, d2 = gen.pdg[s], gen.daughter1[s], gen.daughter2[s]
+        px, py, pz = gen.px[s], gen.py[s], gen.pz[s]
+        found = []
+        for i in np.flatnonzero(pdg == 25):
+            children = list(range(d1[i], d2[i] + 1)) if d2[i] >= d1[i] > 0 else ([d1[i]] if d1[i] > 0 else [])
+            b = [k for k in children if abs(pdg[k]) == 5]
+            if len(b) == 2 and len(children) == 2:
+                eta, phi = _eta_phi(px[[i, *b]], py[[i, *b]], pz[[i, *b]])
+                found.append(np.stack([eta, phi], axis=1))
+        result.append(found)
+    return result
+
+
+def process_pp_events(gen: GenEvents, candidates: Candidates, sample: str, first_event_number: int) -> ak.Array:
+    """The joint analysis's pp jets (one row per jet, JetClass schema plus ``event_number`` and ``jet_index``):
+    every anti-kT R = 0.8 jet with pT > 200 GeV and |eta| < 2.4; ``label_Hbb`` from the truth (H and both b's
+    within Delta R < 0.8), ``label_QCD`` for every other jet."""
+    c = candidates
+    cand = _jagged(c.offsets, px=c.px, py=c.py, pz=c.pz, E=c.e)
+    jets, index = jetlib.cluster(cand, "antikt", jetlib.PP_JET_R, 0.0, EVENT_PP_MIN_JET_PT)
+    j, j_event, j_per_event, j_n, j_cands = _flatten_jets(jets, index, c.offsets)
+    pt = np.hypot(j["px"], j["py"])
+    eta, phi = _eta_phi(j["px"], j["py"], j["pz"])
+    rows = np.flatnonzero((pt > EVENT_PP_MIN_JET_PT) & (np.abs(eta) < EVENT_PP_JET_ETA_MAX))
+    higgs = _higgs_to_bb(gen)
+    is_hbb = np.zeros(len(pt), bool)
+    for k in rows:
+        for h in higgs[j_event[k]]:
+            if np.all(jetlib.delta_r(h[:, 0], h[:, 1], eta[k], phi[k]) < HIGGS_BB_DR):
+                is_hbb[k] = True
+    branches = _jetclass_branches(c, j, j_n, j_cands, rows, pt, eta, phi) if len(rows) else None
+    if branches is None:
+        return ak.Array([])
+    for label in JETCLASS_LABELS:
+        value = is_hbb[rows] if label == "label_Hbb" else (~is_hbb[rows] if label == "label_QCD" else False)
+        branches[label] = np.broadcast_to(value, len(rows)).astype(_label_dtype(label))
+    offsets = np.concatenate([[0], np.cumsum(j_per_event)])
+    branches["event_number"] = (first_event_number + j_event[rows]).astype(np.int64)
+    branches["jet_index"] = (rows - offsets[j_event[rows]]).astype(np.int32)
+    return ak.zip(branches, depth_limit=1)
 
 
 def write_jetclass(path: Path, branches: dict[str, np.ndarray | ak.Array]) -> None:
@@ -456,6 +528,9 @@ def chunk_tasks(config: GenerationConfig) -> list[ChunkTask]:
 
 
 def _chunk_paths(out_dir: Path, task: ChunkTask) -> dict[str, Path]:
+    if task.sample in EVENT_SAMPLES:  # one file per chunk, read as they are (no merging)
+        return {"jets": out_dir / "events" / f"{task.sample}_{task.chunk:03d}.parquet",
+                "done": out_dir / "chunks" / task.sample / f"done_{task.chunk:05d}.json"}
     if task.sample in EE_SAMPLES:
         base = out_dir / "chunks" / task.sample
         return {"jets": base / f"jets_{task.chunk:05d}.parquet", "events": base / f"events_{task.chunk:05d}.parquet",
@@ -472,7 +547,18 @@ def run_chunk(task: ChunkTask, config: GenerationConfig, out_dir: str) -> dict:
                          config.ee_sqrt_s, config.pp_sqrt_s)
     t_gen = time.perf_counter() - start
     rng = np.random.default_rng([config.seed, SAMPLE_INDEX[task.sample], task.chunk, 20260])
-    if task.sample in EE_SAMPLES:
+    sigma = {}
+    if task.sample in EVENT_SAMPLES:
+        if task.sample in EE_EVENT_SAMPLES:
+            jets, _ = process_ee(gen, simulate_ee(gen, config.ee_detector, rng), task.sample, task.first_event,
+                                 all_jets=True)
+        else:
+            jets = process_pp_events(gen, simulate_pp(gen, config.pp_detector, rng), task.sample, task.first_event)
+        with atomic_path(paths["jets"]) as tmp:
+            ak.to_parquet(jets, tmp, row_group_size=FUURE_ROW_GROUP_SIZE)
+        n_jets = len(jets)
+        sigma = {"sigma_fb": gen.sigma_fb, "sigma_error_fb": gen.sigma_error_fb}
+    elif task.sample in EE_SAMPLES:
         candidates = simulate_ee(gen, config.ee_detector, rng)
         jets, events = process_ee(gen, candidates, task.sample, task.first_event)
         for key, array in (("jets", jets), ("events", events)):
@@ -485,7 +571,7 @@ def run_chunk(task: ChunkTask, config: GenerationConfig, out_dir: str) -> dict:
         write_jetclass(paths["root"], branches)
         n_jets = len(branches["jet_pt"])
     stats = {"sample": task.sample, "chunk": task.chunk, "events": task.n_events, "jets": n_jets,
-             "seconds_generator": t_gen, "seconds_total": time.perf_counter() - start}
+             "seconds_generator": t_gen, "seconds_total": time.perf_counter() - start, **sigma}
     write_json(paths["done"], stats)
     return stats
 
@@ -506,6 +592,13 @@ class GeneratedData:
 
     def fuure_events(self, sample: str, split: str = "train") -> Path:
         return self.root / "fuure" / f"{sample}_{split}_events.parquet"
+
+    def events(self, sample: str) -> list[Path]:
+        """The per-chunk jet files of one event sample of the joint analysis (``ee_zh`` ... ``qcd_multijet``)."""
+        files = sorted((self.root / "events").glob(f"{sample}_*.parquet"))
+        if not files:
+            raise DataError(f"no {sample}_*.parquet files in {self.root / 'events'}: {sample!r} was not generated")
+        return files
 
     def jetclass(self, sample: str) -> list[Path]:
         """The ROOT files of one JetClass-like sample."""
@@ -539,7 +632,8 @@ def _check_out_dir(out_dir: Path, config: GenerationConfig) -> None:
 
 def _data_files(out_dir: Path) -> list[str]:
     """The files a finished dataset consists of, relative to ``out_dir`` (what its manifest vouches for)."""
-    files = sorted((out_dir / "fuure").glob("*.parquet")) + sorted((out_dir / "jetclass").glob("*.root"))
+    files = (sorted((out_dir / "fuure").glob("*.parquet")) + sorted((out_dir / "jetclass").glob("*.root"))
+             + sorted((out_dir / "events").glob("*.parquet")))
     return [str(f.relative_to(out_dir)) for f in files]
 
 
@@ -642,7 +736,13 @@ def _merge(out_dir: Path, config: GenerationConfig, tasks: list[ChunkTask]) -> d
         }
         entry["events_per_cpu_second"] = entry["events"] / cpu if cpu else None
         entry["jets_per_cpu_second"] = entry["jets"] / cpu if cpu else None
-        if sample in EE_SAMPLES:
+        if sample in EVENT_SAMPLES:
+            entry["bytes"] = sum(p.stat().st_size for p in (out_dir / "events").glob(f"{sample}_*.parquet"))
+            # each chunk's Pythia estimates the cross section; their event-weighted mean and its error
+            n = np.array([s["events"] for s in stats], float)
+            entry["sigma_fb"] = float(np.sum(n * [s["sigma_fb"] for s in stats]) / n.sum())
+            entry["sigma_error_fb"] = float(np.sqrt(np.sum((n * [s["sigma_error_fb"] for s in stats]) ** 2)) / n.sum())
+        elif sample in EE_SAMPLES:
             jet_parts = [ak.from_parquet(_chunk_paths(out_dir, t)["jets"]) for t in tasks if t.sample == sample]
             event_parts = [ak.from_parquet(_chunk_paths(out_dir, t)["events"]) for t in tasks if t.sample == sample]
             jets, events = ak.concatenate(jet_parts), ak.concatenate(event_parts)
@@ -677,4 +777,5 @@ def generate_cached(config: GenerationConfig, workers: int | None = None, progre
         return generate(config, folder, workers, progress)
 
 
-__all__ = ["GeneratedData", "find_taus", "generate", "generate_cached", "process_ee", "process_pp", "run_chunk"]
+__all__ = ["GeneratedData", "find_taus", "generate", "generate_cached", "process_ee", "process_pp", "process_pp_events",
+           "run_chunk"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
-from tauml.config import EE_SAMPLES, PP_SAMPLES
+from tauml.config import EE_EVENT_SAMPLES, EE_SAMPLES, EVENT_SAMPLES, PP_EVENT_SAMPLES, PP_SAMPLES
 from tauml.utils import quiet_stdout
 
 _COMMON = (
@@ -73,7 +73,29 @@ SAMPLE_SETTINGS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-SAMPLE_INDEX = {name: i for i, name in enumerate(EE_SAMPLES + PP_SAMPLES)}
+#: The joint analysis's event samples (docs/joint.md).  e+e-: the ``zh``, ``z`` and ``qq`` processes above plus
+#: inclusive ZZ.  pp: the heavy CP-even scalar H2 of Pythia's BSM Higgs sector with a forced narrow width (1 % of
+#: its mass) decaying to h h, h -> b bbar, stands in for the paper's bulk graviton (spin 0 instead of 2); QCD 2 -> 2
+#: above pT-hat 300 GeV for the multijet background.
+SAMPLE_SETTINGS.update({
+    "ee_zh": SAMPLE_SETTINGS["zh"],
+    "ee_z": SAMPLE_SETTINGS["z"],
+    "ee_zz": ("WeakDoubleBoson:ffbar2gmZgmZ = on", "WeakZ0:gmZmode = 2"),
+    "ee_qq": SAMPLE_SETTINGS["qq"],
+    **{f"hh4b_m{mass}": (
+        "Higgs:useBSM = on", "HiggsBSM:gg2H2 = on", f"35:m0 = {mass}.", "35:doForceWidth = on",
+        f"35:mWidth = {mass / 100:.1f}", "35:onMode = off", "35:onIfMatch = 25 25", "25:onMode = off",
+        "25:onIfMatch = 5 -5",
+    ) for mass in (1000, 2000, 3000)},
+    "qcd_multijet": ("HardQCD:all = on", "PhaseSpace:pTHatMin = 300."),
+})
+
+# appended, never reordered: the index seeds every chunk, so the existing samples keep their events
+SAMPLE_INDEX = {name: i for i, name in enumerate(EE_SAMPLES + PP_SAMPLES + EVENT_SAMPLES)}
+
+
+#: Pythia reports cross sections in mb; 1 mb = 1e12 fb.
+MB_TO_FB = 1e12
 
 
 def pythia_seed(seed: int, sample: str, chunk: int) -> int:
@@ -83,9 +105,9 @@ def pythia_seed(seed: int, sample: str, chunk: int) -> int:
 
 def pythia_settings(sample: str, seed: int, ee_sqrt_s: float = 380.0, pp_sqrt_s: float = 13000.0) -> list[str]:
     """All setting strings for ``sample`` with Pythia seed ``seed``."""
-    if sample in EE_SAMPLES:
+    if sample in EE_SAMPLES or sample in EE_EVENT_SAMPLES:
         beams = ["Beams:idA = 11", "Beams:idB = -11", f"Beams:eCM = {ee_sqrt_s}"]
-    elif sample in PP_SAMPLES:
+    elif sample in PP_SAMPLES or sample in PP_EVENT_SAMPLES:
         beams = ["Beams:idA = 2212", "Beams:idB = 2212", f"Beams:eCM = {pp_sqrt_s}"]
     else:
         raise ValueError(f"unknown sample {sample!r}; choose from {', '.join(SAMPLE_SETTINGS)}")
@@ -115,6 +137,10 @@ class GenEvents:
     vy: np.ndarray
     vz: np.ndarray
     charge: np.ndarray
+    #: Pythia's estimate of the generated cross section of the batch (``Info::sigmaGen``, converted to fb) and its
+    #: statistical error; decays switched off with ``onMode`` are already divided out by Pythia.
+    sigma_fb: float = float("nan")
+    sigma_error_fb: float = float("nan")
 
     @property
     def n_events(self) -> int:
@@ -143,6 +169,8 @@ def generate_batch(sample: str, n_events: int, seed: int, ee_sqrt_s: float = 380
         pdg = ak.to_numpy(ak.flatten(prt.id)).astype(np.int64)
         unique_pdg, inverse = np.unique(pdg, return_inverse=True)
         charge = np.array([data.charge(int(i)) for i in unique_pdg], dtype=np.float64)[inverse]
+        info = pythia.infoPython()
+        sigma_fb, sigma_error_fb = info.sigmaGen() * MB_TO_FB, info.sigmaErr() * MB_TO_FB
     vprod = ak.flatten(prt.vProd)
     p = ak.flatten(prt.p)
     flat = lambda x: ak.to_numpy(ak.flatten(x))  # noqa: E731
@@ -163,4 +191,6 @@ def generate_batch(sample: str, n_events: int, seed: int, ee_sqrt_s: float = 380
         vy=vertex("py"),
         vz=vertex("pz"),
         charge=charge,
+        sigma_fb=float(sigma_fb),
+        sigma_error_fb=float(sigma_error_fb),
     )

@@ -156,13 +156,15 @@ def load_backbone(
     n_blocks: int | None = None,
     vocab_size: int | None = None,
     n_embd: int | None = None,
+    inputs: str | None = None,
 ) -> GPT:
     """A GPT with the embedding, the first ``n_blocks`` pretrained blocks (all by default), the final
     LayerNorm and the next-token head of ``checkpoint``, verified tensor by tensor; in eval mode.
 
     The model is built with ``n_blocks`` blocks and loaded with ``strict=True`` after the keys of the later
     blocks are dropped explicitly.  ``vocab_size`` and ``n_embd``, when given, are what the caller expects
-    (its tokenizer's vocabulary, its head's width).  Raises :class:`CheckpointError` for a missing or corrupt
+    (its tokenizer's vocabulary, its head's width); ``inputs`` what the caller feeds it (``"tokens"`` or
+    ``"continuous"``: a backbone is fine-tuned on the kind of input it was pretrained on).  Raises :class:`CheckpointError` for a missing or corrupt
     file, another format or version, a vocabulary or width that does not fit, or too many blocks asked for.
     """
 
@@ -184,6 +186,11 @@ def load_backbone(
             f"{path} has width n_embd={config.n_embd}, but n_embd={n_embd} is expected here: build the head "
             f"with n_embd={config.n_embd} or pretrain a backbone of width {n_embd}"
         )
+    if inputs is not None and inputs != config.inputs:
+        raise CheckpointError(
+            f"{path} was pretrained on inputs={config.inputs!r}, but inputs={inputs!r} would be fed to it here: "
+            f"fine-tune it with GPTConfig.inputs={config.inputs!r}, or pretrain a backbone on {inputs!r} inputs"
+        )
     k = config.n_layer if n_blocks is None else n_blocks
     if not 1 <= k <= config.n_layer:
         raise CheckpointError(
@@ -197,6 +204,7 @@ def load_backbone(
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit a {k}-block GPT of its own configuration: {err}") from err
     verify_backbone(model, state, source=str(path))
+    model.next_token_trained = float(payload["metadata"].get("ntp_weight", 1.0)) > 0
     return model.eval()
 
 

@@ -156,6 +156,11 @@ class TaskHead(nn.Module):
 
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(hidden, mask))
+
+    def embed(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The jet's representation before the output layer: LayerNorm of the final class token ``(B, n_embd)``
+        (the joint analysis's per-jet vector V)."""
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be boolean (True = real position), got {mask.dtype}")
         if hidden.shape[:2] != mask.shape:
@@ -168,7 +173,7 @@ class TaskHead(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         for block in self.class_blocks:
             cls = block(cls, x, mask)
-        return self.out(self.norm(cls.squeeze(1)))
+        return self.norm(cls.squeeze(1))
 
 
 def zero_output_layer(model: nn.Module) -> None:

@@ -31,8 +31,10 @@ from tauml.models.heads import TASK_OUTPUTS, TaskHead
 class TauModel(nn.Module):
     """GPT backbone -> hidden states of the first ``n_gpt_blocks`` blocks -> :class:`TaskHead`.
 
-    ``forward(tokens (B, T) int, token_mask (B, T) bool) -> (B, n_outputs)``; the head sees every real token
-    position (START, the codes, STOP).
+    ``forward(tokens (B, T) int, token_mask (B, T) bool, features=None) -> (B, n_outputs)``; the head sees every
+    real token position (START, the codes, STOP).  A continuous backbone also takes ``features`` ``(B, T,
+    N_FEATURES)`` aligned with the tokens (:func:`tauml.models.gpt.token_aligned_features`), the same input it
+    was pretrained on.
     """
 
     def __init__(self, backbone: GPT, head: TaskHead, task: str, n_gpt_blocks: int | None = None) -> None:
@@ -53,12 +55,13 @@ class TauModel(nn.Module):
             if id(p) not in used:
                 p.requires_grad_(False)
 
-    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
         if self.backbone_trainable:
-            hidden = self.backbone(tokens, token_mask, n_blocks=self.n_gpt_blocks)
+            hidden = self.backbone(tokens, token_mask, n_blocks=self.n_gpt_blocks, features=features)
         else:
             with torch.no_grad():
-                hidden = self.backbone(tokens, token_mask, n_blocks=self.n_gpt_blocks)
+                hidden = self.backbone(tokens, token_mask, n_blocks=self.n_gpt_blocks, features=features)
         return self.head(hidden, token_mask)
 
     def train(self, mode: bool = True) -> TauModel:
@@ -78,8 +81,8 @@ class TauModel(nn.Module):
         self.backbone.train(self.training and self.backbone_trainable)
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """The backbone parameters the model uses: token embedding, the first n_gpt_blocks blocks, final LN."""
-        yield from self.backbone.wte.parameters()
+        """The backbone parameters the model uses: input embedding, the first n_gpt_blocks blocks, final LN."""
+        yield from self.backbone.input_parameters()
         for block in self.backbone.blocks[: self.n_gpt_blocks]:
             yield from block.parameters()
         yield from self.backbone.ln_f.parameters()
@@ -145,7 +148,8 @@ def build_tau_model(
             raise CheckpointError(f"strategy {strategy!r} needs a pretrained backbone checkpoint: pass pretrained=path")
 
         backbone = load_backbone(pretrained, n_blocks=n_gpt_blocks or None,
-                                 vocab_size=gpt_config.vocab_size or None, n_embd=gpt_config.n_embd)
+                                 vocab_size=gpt_config.vocab_size or None, n_embd=gpt_config.n_embd,
+                                 inputs=gpt_config.inputs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_derived_seed(seed, "head"))
         head = TaskHead(backbone.config.n_embd, TASK_OUTPUTS[task], head_config)

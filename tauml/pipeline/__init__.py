@@ -6,6 +6,7 @@ otherwise.  No notebook reads a file that another notebook happened to write: al
 
     from tauml import pipeline
     data = pipeline.dataset("demo")                 # generated events (Fu(tau)ure + JetClass schemas)
+    files = pipeline.data_files(with_data("paper", "~/data"))  # or the released files (tauml.data.sources)
     taus = pipeline.tau_jets("demo", "id", "train") # JetArrays for a task and a split
     tok  = pipeline.tokenizer("demo")               # the frozen VQ-VAE tokenizer
     gpt  = pipeline.backbone_checkpoint("demo")     # the pretrained backbone's checkpoint path
@@ -33,13 +34,26 @@ from tauml.cache import (
     read_entry,
     write_entry,
 )
-from tauml.config import PP_SAMPLES, TASKS, Preset, config_hash, get_preset, to_dict
+from tauml.config import PP_SAMPLES, TASKS, ConfigError, Preset, config_hash, get_preset, to_dict
+from tauml.data.chunks import iter_jet_chunks
 from tauml.data.features import JetArrays, TruncationWarning, jet_arrays
 from tauml.data.generate import GeneratedData, generate_cached
-from tauml.data.readers import read_fuure, read_jetclass
+from tauml.data.readers import read_fuure
 from tauml.data.schema import DataError
+from tauml.data.sources import (
+    FETCHED,
+    FUURE_LAYOUT,
+    GENERATED,
+    JETCLASS_LAYOUT,
+    DataFiles,
+    NoDataFiles,
+    file_identity,
+    jetclass_entries,
+    resolve,
+)
 from tauml.models import CheckpointError
 from tauml.models.checkpoints import load_tokenizer, read_backbone_metadata
+from tauml.models.gpt import token_aligned_features
 from tauml.models.vqvae import CODE_OFFSET
 from tauml.training import distributed
 from tauml.training.common import placement_free
@@ -70,33 +84,68 @@ def generation_core_hours(preset: str | Preset) -> float:
     return sum(n / EVENTS_PER_CORE_SECOND.get(sample, 100.0) for sample, n in events.items()) / 3600.0
 
 
-def dataset(preset: str | Preset = "demo", progress: bool = True) -> GeneratedData:
-    """The generated dataset of ``preset`` (generated on first use, then read from the cache).
+def dataset(preset: str | Preset = "demo", progress: bool = True) -> GeneratedData | DataFiles:
+    """The data of ``preset``: its generated dataset (generated on first use, then read from the cache) when its
+    ``data`` is ``"generated"``, else the files of its source (:func:`data_files`, checked).
 
-    A preset whose ``data`` is ``"files"`` (``paper``) never starts generating by itself: it uses a generated
-    dataset only when one is already in the cache (made on purpose with ``tauml generate --preset NAME``), and
-    otherwise stops with a message that says how to get the data.
+    A preset on files (``paper``: ``data="files"``) never starts generating by itself: without the files it stops
+    at once with a message naming ``tauml fetch``, the expected layout and ``--data generated`` with its cost.
     """
     p = _preset(preset)
-    if p.data == "files" and not generated_dataset_exists(p):
-        raise DataError(
-            f"preset {p.name!r} runs on the released Fu(tau)ure and JetClass files, and tauml does not start "
-            f"generating {sum(p.generation.events.values()):,} events by itself. The files download with "
-            "`tauml fetch --list` and `tauml fetch NAME` and read with tauml.data.readers (docs/data.md), but the "
-            "cached steps do not take them as input yet; to run the preset now, generate its samples on purpose "
-            f"with `tauml generate --preset {p.name}` (about {generation_core_hours(p):,.0f} core-hours, "
-            "parallel over the usable cores), or use the demo preset"
-        )
+    if p.data != GENERATED:
+        return data_files(p)
     return generate_cached(p.generation, progress=progress)
+
+
+_CHECKED: set[str] = set()  # file identities whose schemas were checked in this process
+
+
+def data_files(preset: str | Preset = "demo") -> DataFiles:
+    """The data files of ``preset`` by sample and split (:class:`tauml.data.sources.DataFiles`): those of its
+    generated dataset (generated first if needed) or those its ``data`` names (a folder, a glob, ``"files"``),
+    resolved by their released names and checked (names, then the schemas once per process and identity)."""
+    p = _preset(preset)
+    if p.data == GENERATED:
+        return DataFiles.from_generated(dataset(p))
+    files = _resolved(p)
+    identity = config_hash(files.identity())
+    if identity not in _CHECKED:
+        files.check()
+        _CHECKED.add(identity)
+    return files
+
+
+def _resolved(p: Preset) -> DataFiles:
+    """The files of ``p.data`` (names and stat only, no reading); the stop message when ``"files"`` finds none."""
+    try:
+        return resolve(p.data)
+    except NoDataFiles:
+        if p.data != FETCHED:
+            raise
+        from tauml.data.manifest import data_dir  # (local: reads yaml)
+
+        raise DataError(
+            f"preset {p.name!r} reads the released Fu(tau)ure and JetClass files, and none are in {data_dir()} (where "
+            f"`tauml fetch` stores them); tauml does not start generating {sum(p.generation.events.values()):,} events "
+            "by itself. Get the files with `tauml fetch NAME` (`tauml fetch --list`: z_train.parquet, "
+            "zh_test.parquet, ..., JetClass_Pythia_val_5M.tar --extract), or point at files you have with --data PATH "
+            f"(a folder, a glob, or several joined by ':'). Expected layout: {FUURE_LAYOUT}; {JETCLASS_LAYOUT} "
+            "(docs/data.md). To generate the preset's samples instead, ask for it with --data generated (about "
+            f"{generation_core_hours(p):,.0f} core-hours, parallel over the usable cores), or use the demo or medium "
+            "preset"
+        ) from None
 
 
 def generated_dataset_exists(preset: str | Preset) -> bool:
     """Whether the generated dataset of ``preset`` is already complete in the cache (nothing is created)."""
-    return (cache_dir() / "data" / data_key(preset) / "manifest.json").is_file()
+    key = config_hash(_preset(preset).generation, DATA_FORMAT_VERSION)  # the generated data's, whatever its source
+    return (cache_dir() / "data" / key / "manifest.json").is_file()
 
 
 @lru_cache(maxsize=16)
-def _fuure_arrays(path: str, lifetime: bool) -> JetArrays:
+def _fuure_arrays(path: str, lifetime: bool, stamp: tuple[int, int] = (0, 0)) -> JetArrays:
+    """The jets of one Fu(tau)ure file (``stamp``: its size and modification time, so a changed file is read
+    again)."""
 
     jets = read_fuure(path)
     arrays = jet_arrays(jets, lifetime=lifetime, source=path)
@@ -106,11 +155,19 @@ def _fuure_arrays(path: str, lifetime: bool) -> JetArrays:
 
 
 def sample_jets(preset: str | Preset, sample: str, split: str = "train", lifetime: bool = False) -> JetArrays:
-    """All jets of one e+e- sample (``z``, ``zh`` or ``qq``) and split (``train`` or ``test``)."""
-    path = dataset(preset).fuure(sample, split)
-    arrays = _fuure_arrays(str(path), lifetime)
+    """All jets of one e+e- sample (``z``, ``zh`` or ``qq``) and split (``train`` or ``test``), from every file of
+    that sample and split in file-name order (``z_train.parquet`` or ``z_train_0.parquet``, ``z_train_1.parquet``,
+    ...)."""
+    parts = [_fuure_arrays(str(path), lifetime, _stamp(path))
+             for path in data_files(preset).fuure_files(sample, split)]
+    arrays = JetArrays.concatenate(parts) if len(parts) > 1 else parts[0]
     arrays.extra["sample"] = np.full(len(arrays), sample)
     return arrays
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def min_jet_pt(preset: str | Preset, task: str) -> float:
@@ -157,11 +214,14 @@ def train_val_split(jets: JetArrays, train_size: int, val_size: int) -> Split:
 
 
 @lru_cache(maxsize=4)
-def _pp_arrays(files: tuple[str, ...], max_constituents: int) -> JetArrays:
-    """The jets of many JetClass files, with one truncation warning for all of them (not one per file)."""
+def _pp_arrays(files: tuple[str, ...], max_constituents: int, stamps: tuple = ()) -> JetArrays:
+    """The jets of many JetClass files, with one truncation warning for all of them (not one per file);
+    ``stamps`` (the files' sizes and modification times) only key the in-memory cache: a changed file is read
+    again."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncationWarning)
-        parts = [jet_arrays(read_jetclass(f), max_constituents=max_constituents, source=f) for f in files]
+        # chunk by chunk: the float64 intermediates of the features never span more than a chunk of a file
+        parts = [chunk for f in files for chunk in iter_jet_chunks(f, max_constituents)]
     cut = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
     for w in caught:
         if not isinstance(w.message, TruncationWarning):
@@ -177,14 +237,35 @@ def _pp_arrays(files: tuple[str, ...], max_constituents: int) -> JetArrays:
     return JetArrays.concatenate(parts)
 
 
+def pp_files(preset: str | Preset = "demo", samples: tuple[str, ...] = PP_SAMPLES) -> dict[str, tuple[str, ...]]:
+    """The JetClass-like pp files of ``samples`` (by sample) that tokenizer training and pretraining read: the
+    ``train_*`` files of a released layout when there are any (:meth:`DataFiles.jetclass_files`), and with the
+    preset's ``pp_jets_per_sample`` only the first files that hold that many jets."""
+    p = _preset(preset)
+    data = data_files(p)
+    found = {}
+    for sample in samples:
+        files = data.jetclass_files(sample)
+        if p.pp_jets_per_sample:
+            taken, jets = [], 0
+            for f in files:  # only as many files as hold the jets (their metadata, read once per file)
+                if jets >= p.pp_jets_per_sample:
+                    break
+                taken.append(f)
+                jets += jetclass_entries(f)
+            files = tuple(taken)
+        found[sample] = tuple(str(f) for f in files)
+    return found
+
+
 def pp_jets(preset: str | Preset = "demo", samples: tuple[str, ...] = PP_SAMPLES) -> tuple[JetArrays, np.ndarray]:
     """All JetClass-like pp jets of ``samples`` and the sample index of each jet (0 = first sample)."""
     p = _preset(preset)
-    data = dataset(p)
     arrays, labels = [], []
-    for i, sample in enumerate(samples):
-        files = tuple(str(f) for f in data.jetclass(sample))
-        a = _pp_arrays(files, p.features.max_constituents_jetclass)
+    for i, files in enumerate(pp_files(p, samples).values()):
+        a = _pp_arrays(files, p.features.max_constituents_jetclass, tuple(_stamp(Path(f)) for f in files))
+        if p.pp_jets_per_sample and len(a) > p.pp_jets_per_sample:
+            a = a.subset(slice(0, p.pp_jets_per_sample))
         arrays.append(a)
         labels.append(np.full(len(a), i))
     return JetArrays.concatenate(arrays), np.concatenate(labels)
@@ -231,16 +312,48 @@ def detector_study(preset: str | Preset = "demo", events: int = DETECTOR_STUDY_E
 
 
 def data_key(preset: str | Preset) -> str:
-    """Hash naming the generated dataset of a preset (changes with any generation setting or the format)."""
+    """Hash naming the data of a preset: its generation settings and the format (generated data), or the
+    identity of its files (paths, sizes, modification times: :meth:`DataFiles.identity`), so that a changed,
+    added or removed file names new results."""
 
-    return config_hash(_preset(preset).generation, DATA_FORMAT_VERSION)
+    p = _preset(preset)
+    if p.data == GENERATED:
+        return config_hash(p.generation, DATA_FORMAT_VERSION)
+    return config_hash({"files": _resolved(p).identity()}, DATA_FORMAT_VERSION)
+
+
+def pp_data_key(preset: str | Preset) -> str:
+    """Hash naming the pp jets the tokenizer and the backbone are trained on: :func:`data_key` for generated data
+    (unchanged keys); for files the identity of the JetClass files they read (:func:`pp_files`: a changed
+    Fu(tau)ure, validation or test file does not retrain the tokenizer); with ``pp_jets_per_sample`` when set."""
+
+    p = _preset(preset)
+    if p.data == GENERATED:
+        key = data_key(p)
+    else:
+        try:
+            read = [f for files in pp_files(p).values() for f in files]
+        except NoDataFiles:
+            raise
+        except DataError:  # no pp jets (a Fu(tau)ure-only folder): the baselines still run; the tokenizer says why not
+            read = [str(f) for f in _resolved(p).all_files(ee=False)]
+        key = config_hash({"jetclass": file_identity(read)}, DATA_FORMAT_VERSION)
+    return config_hash(key, {"pp_jets_per_sample": p.pp_jets_per_sample}) if p.pp_jets_per_sample else key
+
+
+def tau_data_key(preset: str | Preset) -> str | None:
+    """Hash naming the Fu(tau)ure files the tau models train and are tested on (None for generated data, whose
+    :func:`data_key` already names them)."""
+
+    p = _preset(preset)
+    return None if p.data == GENERATED else config_hash({"fuure": _resolved(p).identity(pp=False)})
 
 
 def tokenizer_key(preset: str | Preset) -> str:
-    """Hash naming a preset's tokenizer: its data, features and tokenizer settings."""
+    """Hash naming a preset's tokenizer: its pp data, features and tokenizer settings."""
 
     p = _preset(preset)
-    return config_hash(data_key(p), p.features, p.tokenizer, MODEL_FORMAT_VERSION)
+    return config_hash(pp_data_key(p), p.features, p.tokenizer, MODEL_FORMAT_VERSION)
 
 
 def backbone_key(preset: str | Preset) -> str:
@@ -255,7 +368,7 @@ def cached_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
     settings differ from the preset's (``"preset"`` for the preset's own), e.g. ``"codebook_size=128"``."""
 
     p = _preset(preset)
-    wanted = {"data_key": data_key(p), "features": to_dict(p.features)}
+    wanted = {"data_key": pp_data_key(p), "features": to_dict(p.features)}
     own = to_dict(p.tokenizer)
     found = {}
     for done in sorted((cache_dir() / "tokenizer").glob(f"*/{ENTRY_FILE}")):
@@ -301,8 +414,8 @@ def _tokenizer(p: Preset, progress: bool):
                 return found
         split = pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed)
         result = train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
-        write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)), built_from={"data_key": data_key(p)},
-                    tokenizer_key=tokenizer_key(p), data_key=data_key(p), tokenizer=to_dict(p.tokenizer),
+        write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)), built_from={"data_key": pp_data_key(p)},
+                    tokenizer_key=tokenizer_key(p), data_key=pp_data_key(p), tokenizer=to_dict(p.tokenizer),
                     features=to_dict(p.features))
     return result
 
@@ -310,7 +423,7 @@ def _tokenizer(p: Preset, progress: bool):
 def _cached_tokenizer(p: Preset, folder: Path):
     """The verified cached tokenizer in ``folder``, or None after clearing an entry that cannot be trusted."""
     done = folder / ENTRY_FILE
-    problem = entry_problem(done, {"data_key": data_key(p)})
+    problem = entry_problem(done, {"data_key": pp_data_key(p)})
     if problem is None:
         try:
             tok = load_tokenizer(folder / TOKENIZER_FILE)
@@ -323,7 +436,7 @@ def _cached_tokenizer(p: Preset, folder: Path):
             else:
                 if "files" not in (read_entry(done) or {}):  # an entry from before entries vouched for their files
                     write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)),
-                                built_from={"data_key": data_key(p)}, **{k: v for k, v in read_entry(done).items()
+                                built_from={"data_key": pp_data_key(p)}, **{k: v for k, v in read_entry(done).items()
                                                                          if k not in ("files", "built_from")})
                 return tok
     clear_entry(folder, problem)
@@ -356,22 +469,35 @@ def built_from(preset: str | Preset, strategy: str) -> dict[str, str | None]:
     return found
 
 
-_TOKEN_CACHE: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-
-
 def tokens(preset: str | Preset, jets: JetArrays, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token sequences and masks of ``jets`` under the preset's tokenizer, kept in memory under ``name``.
+    """Token sequences ``(n_jets, slots + 2)`` int64 and boolean masks of ``jets`` under the preset's tokenizer.
 
-    ``name`` identifies the jets (e.g. ``"id/train"``); the cache is keyed by the tokenizer too, so a
-    different preset or tokenizer never reuses stale tokens.
+    Written once as a token shard (:mod:`tauml.data.shards`, no padding stored) into the cache under the
+    tokenizer's key and SHA-256, ``name`` (e.g. ``"id/train"``) and a fingerprint of the jets, verified and
+    read back on the next call, so a different preset, tokenizer or set of jets never reuses stale tokens.
+    For the pp jets of a large pretraining see :func:`tauml.pipeline.shards.token_shards` (streamed, per file).
     """
-    fingerprint = f"{len(jets)}/{float(jets.features.sum(dtype=np.float64)):.6e}"
-    key = (f"{tokenizer_key(preset)}/{tokenizer_digest(preset)}", f"{name}/{fingerprint}")
-    if key not in _TOKEN_CACHE:
-        tok = tokenizer(preset)
+    from tauml.data.shards import SHARD_FORMAT, open_shard, shard_problem, write_shard
+
+    fingerprint = f"{len(jets)}/{jets.mask.shape[1]}/{float(jets.features.sum(dtype=np.float64)):.6e}"
+    digest = tokenizer_digest(preset)
+    if digest is None:  # not built yet: build it first, so that its digest names the shard
+        tokenizer(preset)
+        digest = tokenizer_digest(preset)
+    folder = cache_key_path("tokens", tokenizer_key(preset), digest, name, fingerprint, SHARD_FORMAT)
+    if shard_problem(folder, {"tokenizer_sha256": digest}) is None:  # (its entry is written last, atomically)
+        return open_shard(folder).padded()
+    tok = tokenizer(preset)  # outside the lock below: under torchrun this synchronises the ranks
+    with building(folder):
+        problem = shard_problem(folder, {"tokenizer_sha256": digest})
+        if problem is None:  # another process wrote it meanwhile
+            return open_shard(folder).padded()
+        if any(item.name != ".lock" for item in folder.iterdir()):
+            clear_entry(folder, problem)
         t, m = tok.tokenize(jets.features, jets.mask)
-        _TOKEN_CACHE[key] = (t.numpy(), m.numpy())
-    return _TOKEN_CACHE[key]
+        t, m = t.numpy(), m.numpy()
+        write_shard(folder, [(t, m)], tok.vocab_size, t.shape[1], built_from={"tokenizer_sha256": digest}, name=name)
+    return t, m
 
 
 def backbone_dir(preset: str | Preset) -> Path:
@@ -397,11 +523,31 @@ def backbone_checkpoint(preset: str | Preset = "demo", progress: bool = True) ->
         done = folder / ENTRY_FILE
         if distributed.broadcast(_cached_backbone(p, folder) if distributed.is_main() else None):
             return folder / BACKBONE_FILE
-        split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
-        train_tokens, train_mask = tokens(p, split.train, "pp/train")
-        val_tokens, val_mask = tokens(p, split.val, "pp/val")
-        pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
-                 progress=progress, metadata={"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)})
+        metadata = {"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)}
+        if p.pretrain.streaming and (p.gpt.inputs != "tokens" or p.pretrain.ntp_weight != 1.0
+                                     or p.pretrain.mpm_weight > 0):
+            raise ConfigError("streaming pretraining reads token shards only (next-token prediction on tokens): "
+                              "set streaming=False for continuous inputs or masked particle modelling")
+        if p.pretrain.streaming:  # out of core: token shards per file, batches streamed from them
+            from tauml.pipeline.shards import token_shards
+            from tauml.training.pretrain_stream import pretrain_streaming
+            from tauml.training.streaming import split_parts
+
+            with distributed.main_first():  # rank 0 builds the shards, the other ranks then verify them
+                shards = token_shards(p, [f for files in pp_files(p).values() for f in files], progress=progress)
+            train_parts, val_parts = split_parts(shards, p.pretrain.val_fraction, p.pretrain.seed)
+            pretrain_streaming(train_parts, val_parts, gpt_config(p), p.pretrain, folder, progress=progress,
+                               metadata=metadata)
+        else:
+            split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
+            train_tokens, train_mask = tokens(p, split.train, "pp/train")
+            val_tokens, val_mask = tokens(p, split.val, "pp/val")
+            # a continuous backbone reads the tokenizer's own input features (one preprocessing everywhere)
+            features = {"train_features": token_aligned_features(split.train.features, split.train.mask),
+                        "val_features": token_aligned_features(split.val.features, split.val.mask)} \
+                if p.gpt.inputs == "continuous" else {}
+            pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
+                     progress=progress, metadata=metadata, **features)
         if distributed.is_main():
             write_entry(done, _present(folder, (BACKBONE_FILE, HISTORY_FILE)),
                         built_from={"tokenizer_key": tokenizer_key(p), "tokenizer_sha256": tokenizer_digest(p)},
@@ -436,10 +582,14 @@ def backbone_history(preset: str | Preset = "demo") -> dict:
 
 
 def model_key(preset: str | Preset) -> str:
-    """Hash of everything a fine-tuning result depends on besides its own settings."""
+    """Hash of everything a fine-tuning result depends on besides its own settings (on files: the Fu(tau)ure
+    files' identity too, :func:`tau_data_key`)."""
 
     p = _preset(preset)
-    return config_hash(backbone_key(p), p.head, p.part, p.deepset)
+    tau_key = tau_data_key(p)
+    if tau_key is None:
+        return config_hash(backbone_key(p), p.head, p.part, p.deepset)
+    return config_hash(backbone_key(p), p.head, p.part, p.deepset, tau_key)
 
 
 def finetune_dir(preset: str | Preset, config) -> Path:

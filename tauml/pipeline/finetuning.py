@@ -128,7 +128,7 @@ class FinetuneResult:
 def inputs(preset: Preset, jets: JetArrays, strategy: str, name: str, lifetime: bool) -> TauInputs:
     """The model inputs of ``jets``: the preset tokenizer's tokens for the tau models, candidates for baselines."""
     tokens = pipeline.tokens(preset, jets, name) if strategy in STRATEGIES else None
-    return tau_inputs(jets, tokens, lifetime)
+    return tau_inputs(jets, tokens, lifetime, continuous=strategy in STRATEGIES and preset.gpt.inputs == "continuous")
 
 
 def uses_lifetime(preset: Preset, strategy: str) -> bool:

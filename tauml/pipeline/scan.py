@@ -142,7 +142,7 @@ class ScanStore:
         return record
 
     def __contains__(self, config: object) -> bool:
-        return isinstance(config, FinetuneConfig) and self.get(config) is not None
+        return dataclasses.is_dataclass(config) and not isinstance(config, type) and self.get(config) is not None
 
     def __len__(self) -> int:
         return sum(1 for _ in self.root.glob("*.json"))
@@ -367,8 +367,9 @@ def run_scan(points: Sequence[FinetuneConfig], store: ScanStore, run: RunFunctio
 
     points = list(points)
     for config in points:
-        if not isinstance(config, FinetuneConfig):
-            raise TypeError(f"scan points must be FinetuneConfig, got {type(config).__name__}")
+        if not dataclasses.is_dataclass(config) or isinstance(config, type):
+            raise TypeError(f"scan points must be FinetuneConfig (or another settings dataclass, e.g. the joint "
+                            f"analysis's JointConfig), got {type(config).__name__}")
     records: dict[str, dict[str, Any]] = {}
     missing = []
     for config in points:
@@ -395,8 +396,12 @@ def run_scan(points: Sequence[FinetuneConfig], store: ScanStore, run: RunFunctio
     bar.update(len(points) - sum(1 for c in points if c in missing))
     try:
         for config in missing:
-            bar.set_postfix_str(f"{config.task} {config.strategy} n={config.train_size} unfreeze={config.unfreeze_epoch} "
-                                f"blocks={config.n_gpt_blocks or 'all'} seed={config.seed}")
+            if isinstance(config, FinetuneConfig):
+                bar.set_postfix_str(f"{config.task} {config.strategy} n={config.train_size} "
+                                    f"unfreeze={config.unfreeze_epoch} blocks={config.n_gpt_blocks or 'all'} "
+                                    f"seed={config.seed}")
+            else:
+                bar.set_postfix_str(" ".join(str(v) for v in dataclasses.astuple(config)[:6]))
             start = time.perf_counter()
             result = run(config)
             records[store.key(config)] = store.put(config, result, seconds=time.perf_counter() - start)

@@ -23,8 +23,9 @@ from typing import Any
 from tauml import pipeline
 from tauml.config import ConfigError, Preset, get_preset
 from tauml.pipeline.finetuning import finetune_many
-from tauml.studies import ablations, embeddings, tokenization
+from tauml.studies import ablations, beyond_tokens, embeddings, tokenization
 from tauml.studies import finetuning as comparison
+from tauml.studies import joint as joint_study
 
 #: The steps in the order they run (later steps need earlier ones, and the longest, the scans, come last):
 #: name -> (the notebook that shows it, what it builds).
@@ -37,6 +38,10 @@ STEPS: dict[str, tuple[str, str]] = {
     "finetuning": ("03_finetuning", "the comparison: every task, strategy and baseline, every seed"),
     "embeddings": ("05_embeddings", "the decay-mode fine-tunings whose backbones the embedding study maps"),
     "ablations": ("04_ablations", "the scan points: unfreeze epoch, GPT blocks and training-set size"),
+    "beyond_tokens": ("07_beyond_tokens", "the backbone variants (tokens, continuous, continuous+MPM), their "
+                      "fine-tunings and references"),
+    "scaling": ("07_beyond_tokens", "the scaling curves: tau metrics against pretraining jets and backbone width"),
+    "joint": ("06_joint_analysis", "the joint analysis: its event samples, pretext taggers and event classifiers"),
 }
 
 
@@ -86,6 +91,9 @@ def prepare(preset: str | Preset = "demo", steps: Sequence[str] | None = None, w
 def _data(p: Preset, workers: int | None, progress: bool) -> str:
 
     data = pipeline.dataset(p, progress=progress)
+    if p.data != "generated":
+        jets = sum(entry["jets"] for entry in data.manifest["samples"].values())
+        return f"{jets:,} jets in the files of {data.root}"
     events = sum(entry["events"] for entry in data.manifest["samples"].values())
     return f"{events:,} events in {data.root}"
 
@@ -141,7 +149,36 @@ def _ablations(p: Preset, workers: int | None, progress: bool) -> str:
     return f"{len(keys)} scan points (shared points once) in the preset's scan store"
 
 
+def _beyond_tokens(p: Preset, workers: int | None, progress: bool) -> str:
+
+    results = beyond_tokens.run_variants(
+        p, variants=beyond_tokens.NOTEBOOK_VARIANTS, tasks=beyond_tokens.NOTEBOOK_TASKS,
+        references=beyond_tokens.NOTEBOOK_REFERENCES, seeds=beyond_tokens.NOTEBOOK_SEEDS,
+        pretrain_epochs=beyond_tokens.NOTEBOOK_PRETRAIN_EPOCHS, train_size=beyond_tokens.NOTEBOOK_TRAIN_SIZE,
+        epochs=beyond_tokens.NOTEBOOK_EPOCHS, unfreeze_epoch=beyond_tokens.NOTEBOOK_UNFREEZE_EPOCH,
+        progress=progress, workers=workers)
+    n = sum(len(runs) for by_model in results.values() for runs in by_model.values())
+    return f"{len(beyond_tokens.NOTEBOOK_VARIANTS)} backbones, {n} trainings"
+
+
+def _scaling(p: Preset, workers: int | None, progress: bool) -> str:
+
+    points = 0
+    for kind in ("jets", "width"):
+        curve = beyond_tokens.run_scaling(p, kind, progress=progress, workers=workers)
+        points += len(next(iter(curve.values())))
+    return f"{points} backbones, each fine-tuned on {len(beyond_tokens.NOTEBOOK_TASKS)} tasks x " \
+           f"{len(beyond_tokens.SCALING_SEEDS)} seeds"
+
+
+def _joint(p: Preset, workers: int | None, progress: bool) -> str:
+
+    records = joint_study.run_study(p, progress=progress, workers=workers)
+    return f"{sum(len(r) for r in records.values())} event classifiers ({', '.join(records)})"
+
+
 _STEP_FUNCTIONS: dict[str, Callable[[Preset, int | None, bool], Any]] = {
     "data": _data, "detector": _detector, "tokenizer": _tokenizer, "variants": _variants, "backbone": _backbone,
     "finetuning": _finetuning, "embeddings": _embeddings, "ablations": _ablations,
+    "beyond_tokens": _beyond_tokens, "scaling": _scaling, "joint": _joint,
 }

@@ -68,6 +68,9 @@ class Trainer:
     describe: Callable[[dict[str, Any]], str] | None = None  #: the line printed after each epoch
     progress: bool = True
     data_parallel: bool = True  #: False: this process trains alone, even under torchrun (the tokenizer)
+    #: True: ``batches(epoch)`` yields this rank's part of each batch already (e.g. a DataLoader over token shards,
+    #: :mod:`tauml.training.streaming`), handed to ``step`` as they are; ``len()`` of each is its number of jets
+    presharded: bool = False
 
     @property
     def state_path(self) -> Path:
@@ -124,7 +127,7 @@ class Trainer:
         bar = progress_bar(batches, desc=f"{self.name} epoch {epoch + 1}/{self.epochs}",
                            **({} if self.progress and distributed.is_main() else {"disable": True}))
         for index in bar:
-            index = distributed.shard(index) if parallel else index
+            index = distributed.shard(index) if parallel and not self.presharded else index
             self.optimizer.zero_grad(set_to_none=True)
             loss, n, *parts = self.step(index) if len(index) else (torch.zeros(()), 0)
             if n and not self.step_backward:

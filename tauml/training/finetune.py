@@ -23,6 +23,7 @@ import torch
 from tauml.cache import atomic_path
 from tauml.config import BASELINES, FinetuneConfig, identity_dict
 from tauml.data.features import JetArrays
+from tauml.models.gpt import token_aligned_features
 from tauml.models.tau import apply_strategy
 from tauml.training import common, engine
 from tauml.training.common import make_adamw
@@ -61,7 +62,7 @@ class TauInputs:
         inputs = {k: v[idx] for k, v in self.tensors.items()}
         if "token_mask" in inputs:  # trim to the longest real sequence of the batch
             width = int(inputs["token_mask"].sum(1).max())
-            inputs["tokens"], inputs["token_mask"] = inputs["tokens"][:, :width], inputs["token_mask"][:, :width]
+            inputs = {k: v[:, :width] for k, v in inputs.items()}
         elif "mask" in inputs:
             width = max(1, int(inputs["mask"].sum(1).max()))
             inputs = {k: (v[:, :width] if v.dim() >= 2 else v) for k, v in inputs.items()}
@@ -70,15 +71,18 @@ class TauInputs:
 
 
 def tau_inputs(jets: JetArrays, tokens: tuple[np.ndarray, np.ndarray] | None = None,
-               lifetime: bool = False) -> TauInputs:
+               lifetime: bool = False, continuous: bool = False) -> TauInputs:
     """The inputs of ``jets``: ``tokens`` (ids and mask from the frozen tokenizer) for the tau models, or the
     candidates themselves (features, mask, four-momenta and, with ``lifetime``, impact parameters) for the
-    baselines when ``tokens`` is None."""
+    baselines when ``tokens`` is None.  ``continuous`` adds the constituent features aligned with the tokens
+    (``token_features``), the input of a continuous backbone: the same features the tokenizer reads."""
     targets = {"is_tau": torch.as_tensor(jets.is_tau, dtype=torch.long),
                "log_pt_ratio": torch.as_tensor(jets.log_pt_ratio, dtype=torch.float32),
                "dm": torch.as_tensor(jets.dm, dtype=torch.long)}
     if tokens is not None:
         tensors = {"tokens": torch.as_tensor(tokens[0]), "token_mask": torch.as_tensor(tokens[1])}
+        if continuous:
+            tensors["token_features"] = token_aligned_features(jets.features, jets.mask)
     else:
         tensors = {"features": torch.as_tensor(jets.features), "mask": torch.as_tensor(jets.mask),
                    "p4": torch.as_tensor(jets.p4)}
@@ -93,7 +97,7 @@ def tau_inputs(jets: JetArrays, tokens: tuple[np.ndarray, np.ndarray] | None = N
 def forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The raw outputs of a tau model (token inputs) or a baseline (candidate inputs)."""
     if "tokens" in inputs:
-        return model(inputs["tokens"], inputs["token_mask"])
+        return model(inputs["tokens"], inputs["token_mask"], inputs.get("token_features"))
     return model(inputs["features"], inputs["mask"], inputs["p4"], inputs.get("lifetime"))
 
 

@@ -132,7 +132,9 @@ class FinetunePanel(widgets.VBox):
                        n_gpt_blocks=self.gpt_blocks.value, train_size=self.train_size.value, seed=self.seed.value)
 
     def _update_controls(self, _change: Any = None) -> None:
-        self.unfreeze_epoch.max = max(self.epochs.value, self.unfreeze_epoch.min)
+        # never below the current value: a browser's slider would clamp it to the new maximum and send that back,
+        # silently turning the student's fine-tuning into the fixed backbone; the status says what to change instead
+        self.unfreeze_epoch.max = max(self.epochs.value, self.unfreeze_epoch.value, self.unfreeze_epoch.min)
         self.unfreeze_epoch.disabled = self.strategy.value != "fine_tuning"
         self.gpt_blocks.disabled = self.strategy.value in BASELINES
         problem = self.problem()

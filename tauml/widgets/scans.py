@@ -45,9 +45,14 @@ class ScanExplorer(widgets.VBox):
         self._draw()
 
     def _task_changed(self, _change: Any = None) -> None:
-        with self.metric.hold_trait_notifications():
+        # new options select their first (the task's headline metric); not inside hold_trait_notifications, which
+        # validates the old metric against the new options and raises (the explorer then stopped redrawing)
+        self.metric.unobserve(self._draw, names="value")
+        try:
             self.metric.options = TASK_METRICS[self.task.value]
             self.metric.value = TASK_METRICS[self.task.value][0]
+        finally:
+            self.metric.observe(self._draw, names="value")
         self._draw()
 
     def summary_rows(self) -> list[dict[str, Any]]:
