@@ -91,6 +91,18 @@ def objective_loss(model: GPT, head: MaskedParticleHead | None, tokens: torch.Te
     return loss, count, parts
 
 
+def finished_backbone(out_dir: Path, run_key: str, epochs: int) -> tuple[GPT, dict] | None:
+    """The backbone and history of the pretraining run ``run_key`` in ``out_dir`` when it finished all ``epochs``
+    (None when it did not); a finished run whose backbone file is gone is an error that says what to delete."""
+    done = engine.finished_history(out_dir / STATE_FILE, run_key, epochs, "pretraining run")
+    if done is None:
+        return None
+    if not (out_dir / BACKBONE_FILE).is_file():
+        raise CheckpointError(f"the run in {out_dir} finished but its {BACKBONE_FILE} is gone: delete "
+                              f"{out_dir / STATE_FILE} to pretrain again")
+    return load_backbone(out_dir / BACKBONE_FILE), done
+
+
 def pretrain(
     train_tokens: torch.Tensor | np.ndarray,
     train_mask: torch.Tensor | np.ndarray,
@@ -136,12 +148,9 @@ def pretrain(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_key = _run_key(train_tokens, val_tokens, gpt_config, config, train_features, val_features)
-    done = engine.finished_history(out_dir / STATE_FILE, run_key, config.epochs, "pretraining run")
-    if done is not None:
-        if not (out_dir / BACKBONE_FILE).is_file():
-            raise CheckpointError(f"the run in {out_dir} finished but its {BACKBONE_FILE} is gone: delete "
-                                  f"{out_dir / STATE_FILE} to pretrain again")
-        return load_backbone(out_dir / BACKBONE_FILE), done
+    finished = finished_backbone(out_dir, run_key, config.epochs)
+    if finished is not None:
+        return finished
 
     common.limit_threads()
     device = common.select_device(config.device)

@@ -21,11 +21,17 @@ import torch
 from tauml.cache import write_json
 from tauml.config import ConfigError, GPTConfig, PretrainConfig, config_hash, to_dict
 from tauml.data import DataError
-from tauml.models import CheckpointError
 from tauml.models.checkpoints import load_backbone, save_backbone
 from tauml.models.gpt import GPT, PAD_ID, START_ID, next_token_loss
 from tauml.training import common, distributed, engine
-from tauml.training.pretrain import BACKBONE_FILE, HISTORY_FILE, STATE_FILE, EpochCallback, _make_optimizer
+from tauml.training.pretrain import (
+    BACKBONE_FILE,
+    HISTORY_FILE,
+    STATE_FILE,
+    EpochCallback,
+    _make_optimizer,
+    finished_backbone,
+)
 from tauml.training.streaming import (
     EVAL_BATCH,
     EpochPlan,
@@ -60,7 +66,7 @@ def pretrain_streaming(
     gpt_config.validate()
     if gpt_config.vocab_size <= 3:
         raise ConfigError(f"gpt_config.vocab_size={gpt_config.vocab_size}: set it to the tokenizer's vocabulary")
-    if getattr(config, "mpm_weight", 0.0) or getattr(config, "ntp_weight", 1.0) != 1.0:
+    if config.mpm_weight or config.ntp_weight != 1.0:
         raise ConfigError("streaming pretraining trains next-token prediction alone (ntp_weight=1, mpm_weight=0)")
     if not n_jets(train) or not n_jets(val):
         raise DataError(f"streaming pretraining needs training and validation jets; got {n_jets(train)} and "
@@ -69,12 +75,9 @@ def pretrain_streaming(
     out_dir.mkdir(parents=True, exist_ok=True)
     run_key = config_hash(gpt_config, replace(common.placement_free(config), device="any"),
                           [p.identity() for p in train], [p.identity() for p in val], "streaming")
-    done = engine.finished_history(out_dir / STATE_FILE, run_key, config.epochs, "pretraining run")
-    if done is not None:
-        if not (out_dir / BACKBONE_FILE).is_file():
-            raise CheckpointError(f"the run in {out_dir} finished but its {BACKBONE_FILE} is gone: delete "
-                                  f"{out_dir / STATE_FILE} to pretrain again")
-        return load_backbone(out_dir / BACKBONE_FILE), done
+    finished = finished_backbone(out_dir, run_key, config.epochs)
+    if finished is not None:
+        return finished
 
     common.limit_threads()
     device = common.select_device(config.device)
