@@ -64,6 +64,29 @@ PAPER_TABLE_IV = {"frozen": "151.93 (100 %)", "finetuned": "96.28 (63 %)", "from
                   "foundation": "119.67 (79 %, JetClass init)"}
 
 
+def sample_rows(preset: str | Preset, cases: Sequence[str] = NOTEBOOK_CASES) -> list[dict[str, Any]]:
+    """One row per generated sample of ``cases``: events generated, the share that passes the event selection
+    (at least two jets), Pythia's cross section in fb and the generation speed (events per CPU second)."""
+    data = joint.joint_dataset(preset)
+    rows = []
+    for case in cases:
+        events = joint.case_events(preset, case)
+        for sample in CASES[case]["signal"] + CASES[case]["background"]:
+            info = data.manifest["samples"][sample]
+            selected = sum(int((part.sample == sample).sum()) for part in events.values())
+            rows.append({"case": case, "sample": sample, "generated": info["events"],
+                         "selected (≥ 2 jets)": f"{selected / info['events']:.0%}",
+                         "σ (Pythia) [fb]": f"{info['sigma_fb']:.3g}",
+                         "events / CPU s": f"{info['events_per_cpu_second']:.0f}"})
+    return rows
+
+
+def split_rows(preset: str | Preset, cases: Sequence[str] = NOTEBOOK_CASES) -> list[dict[str, Any]]:
+    """Per case and split (train, val, test): events, signal events and jets."""
+    return [{"case": case, "split": name, "events": len(e), "signal events": int(e.label.sum()), "jets": len(e.jets)}
+            for case in cases for name, e in joint.case_events(preset, case).items()]
+
+
 def study_points(case: str, models: Sequence[tuple[str, str]] = NOTEBOOK_MODELS,
                  train_sizes: Sequence[int] = NOTEBOOK_TRAIN_SIZES, seeds: Sequence[int] = NOTEBOOK_SEEDS,
                  jet_model: str = NOTEBOOK_JET_MODEL, **settings: Any) -> list[JointConfig]:
