@@ -325,11 +325,13 @@ def cmd_joint(args: argparse.Namespace) -> int:
 
 @command("prepare")
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tauml.studies.prepare import STEPS, check_steps, prepare  # torch only once a step runs
+    # torch only once a step runs
+    from tauml.studies.prepare import OPTIONAL_STEPS, STEPS, check_steps, prepare
 
     if args.list:
         for name, (notebook, what) in STEPS.items():
-            print(f"{name:11s} {notebook:16s} {what}")
+            optional = " (optional: only with --steps)" if name in OPTIONAL_STEPS else ""
+            print(f"{name:13s} {notebook:17s} {what}{optional}")
         return 0
     _positive(args, "workers")
     check_steps(args.steps)  # before anything is built

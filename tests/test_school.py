@@ -88,6 +88,15 @@ def test_prepare_calls_what_the_notebooks_call_with_their_settings(tiny_preset, 
                                                    "progress": False})
 
 
+def test_prepare_default_leaves_out_the_optional_steps():
+    from tauml.studies import prepare
+
+    default = prepare.check_steps(None)
+    assert "scaling" in prepare.STEPS and "scaling" not in default
+    assert default == [s for s in prepare.STEPS if s not in prepare.OPTIONAL_STEPS]
+    assert prepare.check_steps(["scaling", "data"]) == ["data", "scaling"]
+
+
 def test_prepare_refuses_an_unknown_step_before_building_anything(monkeypatch, capsys):
     from tauml.cli import main
 
