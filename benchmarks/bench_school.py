@@ -272,7 +272,7 @@ def main() -> None:
         run = run_watched([str(venv / "bin" / "python"), str(workdir / "driver.py"), str(repo / "notebooks" / name),
                            str(result_file), str(args.notebook_timeout)], cwd=repo / "notebooks", env=env,
                           core=args.core, memory_limit=limit, log=workdir / f"{name}.log", skip_root=True,
-                          timeout_s=args.notebook_timeout + 120)
+                          timeout_s=args.notebook_timeout)
         record = json.loads(result_file.read_text()) if result_file.exists() else {}
         wall = record.get("wall_s", run.wall_s)
         problems = []
@@ -280,7 +280,10 @@ def main() -> None:
             problems.append(f"killed above {args.memory_gb:g} GB")
         if record.get("error"):
             problems.append(f"error: {record['error']}")
-        if not record and not run.killed_for_memory:
+        if run.extra.get("timed_out"):
+            problems.append(f"stopped at the {args.notebook_timeout / 60:.0f}-min limit (still training; see "
+                            f"{Path(run.log).name} for the step)")
+        elif not record and not run.killed_for_memory:
             problems.append(f"no result (rc {run.returncode}), see {run.log}")
         if wall > goal:
             problems.append(f"over {goal / 60:.0f} min")
