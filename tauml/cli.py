@@ -136,7 +136,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
     preset = _preset_of(args)
     tokenizer = pipeline.tokenizer(preset, progress=not args.quiet)
-    split = pipeline.pp_split(preset, preset.tokenizer.val_fraction, preset.tokenizer.seed)
+    split = pipeline.tokenizer_split(preset)
     metrics = tokenization_metrics(tokenizer, split.val)
     print(f"tokenizer in {pipeline.tokenizer_dir(preset)}")
     print(f"  codebook {tokenizer.codebook_size}: utilisation {metrics['utilisation']:.3f}, "
@@ -292,16 +292,19 @@ def cmd_joint(args: argparse.Namespace) -> int:
     from tauml.studies import joint as study  # torch: only once the command runs
     from tauml.studies.report import markdown_table
 
-    _positive(args, "epochs_frozen", "epochs_e2e")
+    _positive(args, "epochs_frozen", "epochs_e2e", "batch_size")
+    if args.lookahead_k is not None and args.lookahead_k < 0:
+        raise ConfigError(f"--lookahead-k {args.lookahead_k} must be 0 (RAdam alone) or a number of steps, e.g. 6")
     if args.train_sizes and min(args.train_sizes) <= 0:
         raise ConfigError(f"--train-sizes {args.train_sizes} must all be positive — give sizes above 0")
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds {args.seeds} must be distinct")
-    if args.all:
-        models = study.ALL_MODELS
+    if args.all:  # foundation starts from tauml's GPT backbone: it has no ParticleTransformer version
+        models = tuple(m for m in study.ALL_MODELS if args.jet_model == "gpt" or m[1] != "foundation")
     else:
         models = tuple((r, s) for r in (args.repr or ["s_hlf"]) for s in (args.strategy or ["frozen"]))
     settings = {k: v for k, v in (("epochs_frozen", args.epochs_frozen), ("epochs_e2e", args.epochs_e2e),
+                                  ("batch_size", args.batch_size), ("lookahead_k", args.lookahead_k),
                                   ("device", args.device)) if v is not None}
     sizes = tuple(args.train_sizes or study.NOTEBOOK_TRAIN_SIZES)
     seeds = tuple(args.seeds or study.NOTEBOOK_SEEDS)
@@ -452,12 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repr", nargs="+", choices=("s_hlf", "v_hlf", "v"), help="jet representations (default s_hlf)")
     p.add_argument("--strategy", nargs="+", choices=("frozen", "finetuned", "from_scratch", "foundation"),
                    help="strategies (default frozen)")
-    p.add_argument("--all", action="store_true", help="the full grid of Table II plus the foundation init")
+    p.add_argument("--all", action="store_true",
+                   help="the full grid of Table II plus the foundation init (gpt only)")
     p.add_argument("--jet-model", default="gpt", choices=("gpt", "part"))
     p.add_argument("--train-sizes", nargs="+", type=int, help="training events (default: notebook 06's)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds per point (default: notebook 06's three)")
     p.add_argument("--epochs-frozen", type=int)
     p.add_argument("--epochs-e2e", type=int)
+    p.add_argument("--batch-size", type=int, help="events per batch (default 32)")
+    p.add_argument("--lookahead-k", type=int,
+                   help="wrap the end-to-end RAdam in Lookahead with this k (the paper: 6; default 0, off)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--quiet", action="store_true")
 

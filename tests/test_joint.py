@@ -281,6 +281,32 @@ def test_points_are_stored_and_not_trained_twice(tiny_joint):
 
 
 @pytest.mark.slow
+def test_the_particle_transformer_runs_the_joint_analysis_end_to_end(tiny_joint):
+    from tauml.pipeline import joint
+    from tauml.studies import joint as study
+
+    settings = dict(val_size=20, epochs_frozen=2, epochs_e2e=2, width=8, n_layers=2, batch_size=16, lookahead_k=2)
+    models = [("s_hlf", "frozen"), ("s_hlf", "finetuned"), ("v", "from_scratch")]
+    points = study.study_points("zh_tautau", models, [60], [1], jet_model="part", **settings)
+    records = joint.run_points(tiny_joint, points, progress=False)
+    test = joint.test_events(tiny_joint, "zh_tautau")
+    assert [r["config"]["jet_model"] for r in records] == ["part"] * 3
+    for record in records:
+        assert len(record["test_scores"]) == len(test) and np.isfinite(record["test_scores"]).all()
+        assert 0.0 <= record["metrics"]["auc"] <= 1.0
+        strategy = record["config"]["strategy"]
+        epochs = settings["epochs_frozen"] if strategy == "frozen" else settings["epochs_e2e"]
+        assert len(record["history"]["val_loss"]) == epochs
+    finetuned = next(r for r in records if r["config"]["strategy"] == "finetuned")
+    assert 0.0 <= finetuned["metrics"]["scalar_jet_auc"] <= 1.0  # Table IV's S slot, read from ParT's output
+    # the pretext tagger is notebook 03's ParticleTransformer, not the GPT model: its no-learning reference differs
+    assert not np.array_equal(joint.pretext_event_scores(tiny_joint, "zh_tautau", "part"),
+                              joint.pretext_event_scores(tiny_joint, "zh_tautau", "gpt"))
+    table = study.rejection_table(records)
+    assert {row["strategy"] for row in table} == {"frozen", "finetuned", "from_scratch"}
+
+
+@pytest.mark.slow
 def test_joint_panel_headless(tiny_joint):
     from tauml.widgets.joint import joint_panel
 
@@ -304,6 +330,9 @@ def test_command_line_joint(tiny_joint, capsys):
     assert main(["joint", "--case", "hh4b", "--jet-model", "part", "--strategy", "foundation", "--quiet"]) == 2
     assert "foundation" in capsys.readouterr().err
     assert main(["joint", "--case", "zh_tautau", "--train-sizes", "0"]) == 2
+    assert main(["joint", "--case", "zh_tautau", "--lookahead-k", "-1"]) == 2
+    assert "--lookahead-k" in capsys.readouterr().err
+    assert main(["joint", "--case", "zh_tautau", "--batch-size", "0"]) == 2
 
 
 def test_joint_samples_leave_the_existing_samples_seeds_alone():
@@ -335,3 +364,33 @@ def test_the_particle_transformer_is_a_jet_model_too():
     jet_mask = torch.tensor([[True, True, False], [True, True, False]])
     out = model({"features": features, "mask": mask, "p4": p4}, jet_mask, torch.randn(2, 3, 5, generator=g))
     assert out.shape == (2,) and torch.isfinite(out).all()
+
+
+def test_lookahead_moves_the_slow_weights_halfway_every_k_steps():
+    from tauml.training.joint import Lookahead
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    sgd = torch.optim.SGD([w], lr=1.0)
+    lookahead = Lookahead([w], k=2, alpha=0.5)
+    g = torch.tensor([0.25, 0.5])
+    seen = []
+    for _ in range(4):
+        w.grad = g.clone()
+        sgd.step()
+        lookahead.step()
+        seen.append(w.detach().clone())
+    start = torch.tensor([1.0, -2.0])
+    # step 1: fast only; step 2: fast at start - 2g, slow (and fast) to start + 0.5 (-2g) = start - g
+    assert torch.allclose(seen[0], start - g) and torch.allclose(seen[1], start - g)
+    assert torch.allclose(seen[2], start - 2 * g) and torch.allclose(seen[3], start - 2 * g)
+    with pytest.raises(ValueError, match="k >= 1"):
+        Lookahead([w], k=0)
+
+
+def test_a_lookahead_setting_that_is_impossible_is_refused():
+    from tauml.config import identity_dict
+
+    with pytest.raises(ConfigError, match="lookahead_k"):
+        JointConfig(lookahead_k=-1).validate()
+    assert "lookahead_k" not in identity_dict(JointConfig())  # the caches of RAdam alone stay valid
+    assert identity_dict(JointConfig(lookahead_k=6))["lookahead_k"] == 6

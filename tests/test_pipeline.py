@@ -37,6 +37,26 @@ def test_tokenizer_and_backbone_come_from_the_cache_the_second_time(tiny_preset,
     assert "preset" in pipeline.cached_tokenizers(tiny_preset)
 
 
+def test_a_tokenizer_trained_on_ee_jets_reads_only_the_ee_training_files(tiny_preset, built):
+    from tauml.config import EE_SAMPLES, identity_dict
+
+    ee = replace(tiny_preset, tokenizer=replace(tiny_preset.tokenizer, train_on="ee"))
+    split = pipeline.tokenizer_split(ee)
+    n_train_files = sum(len(pipeline.sample_jets(tiny_preset, s, "train")) for s in EE_SAMPLES)
+    assert len(split.train) + len(split.val) == n_train_files  # every e+e- training jet, no test jet
+    assert split.train.mask.shape[1] == pipeline.sample_jets(tiny_preset, "z", "train").mask.shape[1]
+    assert pipeline.tokenizer_key(ee) != pipeline.tokenizer_key(tiny_preset)
+    assert pipeline.tokenizer_data_key(tiny_preset) == pipeline.pp_data_key(tiny_preset)  # pp keys unchanged
+    assert "train_on" not in identity_dict(tiny_preset.tokenizer)
+    tokenizer = pipeline.tokenizer(ee, progress=False)
+    assert tokenizer.frozen and tokenizer.config.train_on == "ee"
+    pp_weights = built[0].state_dict()
+    assert any(not torch.equal(w, pp_weights[name]) for name, w in tokenizer.state_dict().items())
+    assert any("train_on=ee" in name for name in pipeline.cached_tokenizers(tiny_preset))
+    with pytest.raises(ConfigError, match="train_on"):
+        replace(tiny_preset.tokenizer, train_on="lhc").validate()
+
+
 def test_tau_jets_become_tokens_in_the_one_convention(tiny_preset, built):
     jets = pipeline.tau_jets(tiny_preset, "dm", "train")
     tokens, mask = pipeline.tokens(tiny_preset, jets, "dm/train")

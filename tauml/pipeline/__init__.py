@@ -34,7 +34,17 @@ from tauml.cache import (
     read_entry,
     write_entry,
 )
-from tauml.config import PP_SAMPLES, TASKS, ConfigError, Preset, config_hash, get_preset, to_dict
+from tauml.config import (
+    EE_SAMPLES,
+    PP_SAMPLES,
+    TASKS,
+    TOKENIZER_DOMAINS,
+    ConfigError,
+    Preset,
+    config_hash,
+    get_preset,
+    to_dict,
+)
 from tauml.data.chunks import iter_jet_chunks
 from tauml.data.features import JetArrays, TruncationWarning, jet_arrays
 from tauml.data.generate import GeneratedData, generate_cached
@@ -279,6 +289,34 @@ def pp_split(preset: str | Preset = "demo", val_fraction: float = 0.1, seed: int
     return Split(train=jets.subset(order[n_val:]), val=jets.subset(order[:n_val]))
 
 
+def ee_training_jets(preset: str | Preset = "demo") -> JetArrays:
+    """Every jet of the e+e- *training* files (z, zh and qq: tau and quark jets alike, no task selection), for a
+    tokenizer trained on e+e- jets (``TokenizerConfig.train_on="ee"``).  The test files are never read."""
+    return JetArrays.concatenate([sample_jets(preset, sample, "train") for sample in EE_SAMPLES])
+
+
+def tokenizer_split(preset: str | Preset = "demo") -> Split:
+    """The jets the preset's tokenizer trains and validates on: the pp jets (:func:`pp_split`, the default), or
+    with ``train_on="ee"`` the e+e- training jets, shuffled with the tokenizer's seed and divided alike."""
+    p = _preset(preset)
+    t = p.tokenizer
+    if t.train_on == "pp":
+        return pp_split(p, t.val_fraction, t.seed)
+    jets = ee_training_jets(p)
+    order = np.random.default_rng(t.seed).permutation(len(jets))
+    n_val = max(1, round(t.val_fraction * len(jets)))
+    return Split(train=jets.subset(order[n_val:]), val=jets.subset(order[:n_val]))
+
+
+def tokenizer_data_key(preset: str | Preset) -> str:
+    """Hash naming the jets the preset's tokenizer is trained on: :func:`pp_data_key` (unchanged keys), or for
+    ``train_on="ee"`` the e+e- data (:func:`data_key` of generated data, the Fu(tau)ure files' identity)."""
+    p = _preset(preset)
+    if p.tokenizer.train_on == "pp":
+        return pp_data_key(p)
+    return data_key(p) if p.data == GENERATED else config_hash({"ee": tau_data_key(p)})
+
+
 def cache_key_path(kind: str, *parts: object) -> Path:
     """A cache folder for ``kind`` named by the hash of ``parts``."""
 
@@ -353,7 +391,7 @@ def tokenizer_key(preset: str | Preset) -> str:
     """Hash naming a preset's tokenizer: its pp data, features and tokenizer settings."""
 
     p = _preset(preset)
-    return config_hash(pp_data_key(p), p.features, p.tokenizer, MODEL_FORMAT_VERSION)
+    return config_hash(tokenizer_data_key(p), p.features, p.tokenizer, MODEL_FORMAT_VERSION)
 
 
 def backbone_key(preset: str | Preset) -> str:
@@ -364,16 +402,18 @@ def backbone_key(preset: str | Preset) -> str:
 
 
 def cached_tokenizers(preset: str | Preset = "demo") -> dict[str, Path]:
-    """Tokenizers already trained on the preset's data with its features, by a short description of how their
+    """Tokenizers already trained on the preset's data (its pp or its e+e- jets) with its features, by a short description of how their
     settings differ from the preset's (``"preset"`` for the preset's own), e.g. ``"codebook_size=128"``."""
 
     p = _preset(preset)
-    wanted = {"data_key": pp_data_key(p), "features": to_dict(p.features)}
+    data_keys = {tokenizer_data_key(replace(p, tokenizer=replace(p.tokenizer, train_on=d)))
+                 for d in TOKENIZER_DOMAINS}  # trained on its pp or on its e+e- jets
     own = to_dict(p.tokenizer)
     found = {}
     for done in sorted((cache_dir() / "tokenizer").glob(f"*/{ENTRY_FILE}")):
         info = read_entry(done)
-        if info is None or any(info.get(k) != v for k, v in wanted.items()) or "tokenizer" not in info:
+        if (info is None or info.get("data_key") not in data_keys or info.get("features") != to_dict(p.features)
+                or "tokenizer" not in info):
             continue
         diff = [f"{k}={v}" for k, v in info["tokenizer"].items() if own.get(k) != v]
         found[", ".join(diff) or "preset"] = done.parent / "tokenizer.pt"
@@ -412,10 +452,11 @@ def _tokenizer(p: Preset, progress: bool):
             found = _cached_tokenizer(p, folder)
             if found is not None:
                 return found
-        split = pp_split(p, p.tokenizer.val_fraction, p.tokenizer.seed)
+        split = tokenizer_split(p)
         result = train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
-        write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)), built_from={"data_key": pp_data_key(p)},
-                    tokenizer_key=tokenizer_key(p), data_key=pp_data_key(p), tokenizer=to_dict(p.tokenizer),
+        write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)),
+                    built_from={"data_key": tokenizer_data_key(p)}, tokenizer_key=tokenizer_key(p),
+                    data_key=tokenizer_data_key(p), tokenizer=to_dict(p.tokenizer),
                     features=to_dict(p.features))
     return result
 
@@ -423,7 +464,7 @@ def _tokenizer(p: Preset, progress: bool):
 def _cached_tokenizer(p: Preset, folder: Path):
     """The verified cached tokenizer in ``folder``, or None after clearing an entry that cannot be trusted."""
     done = folder / ENTRY_FILE
-    problem = entry_problem(done, {"data_key": pp_data_key(p)})
+    problem = entry_problem(done, {"data_key": tokenizer_data_key(p)})
     if problem is None:
         try:
             tok = load_tokenizer(folder / TOKENIZER_FILE)
@@ -436,8 +477,8 @@ def _cached_tokenizer(p: Preset, folder: Path):
             else:
                 if "files" not in (read_entry(done) or {}):  # an entry from before entries vouched for their files
                     write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)),
-                                built_from={"data_key": pp_data_key(p)}, **{k: v for k, v in read_entry(done).items()
-                                                                         if k not in ("files", "built_from")})
+                                built_from={"data_key": tokenizer_data_key(p)},
+                                **{k: v for k, v in read_entry(done).items() if k not in ("files", "built_from")})
                 return tok
     clear_entry(folder, problem)
     return None

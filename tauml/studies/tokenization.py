@@ -35,7 +35,8 @@ NEUTRAL_HADRON = PID_NAMES.index("neutral hadron")
 #: The tokenizers notebook 01 compares with the preset's, by name -> changed TokenizerConfig settings (its
 #: configuration cell's default; ``tauml prepare`` trains them in advance).
 NOTEBOOK_VARIANTS: dict[str, dict[str, Any]] = {"codebook 128": {"codebook_size": 128},
-                                                "MSE on categories": {"categorical_loss": "mse"}}
+                                                "MSE on categories": {"categorical_loss": "mse"},
+                                                "trained on e+e- jets": {"train_on": "ee"}}
 
 
 def study_jets(preset: str | Preset, n_jets: int, ee_samples: Mapping[str, str]) -> dict[str, JetArrays]:

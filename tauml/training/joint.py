@@ -113,6 +113,32 @@ def _schedule(total_steps: int):
     return factor
 
 
+class Lookahead:
+    """Lookahead (Zhang, Lucas, Hinton, Ba 2019, arXiv:1907.08610) around an optimiser's steps: every ``k`` steps
+    the slow weights move a fraction ``alpha`` towards the fast ones, and the fast weights restart from them.
+
+    The paper's optimiser is ``Lookahead(RAdam, k=6, alpha=0.5)`` from ``torch_optimizer``; torch has no Lookahead,
+    so this is the algorithm itself (its eq. 1-2): call :meth:`step` after every ``optimizer.step()``.  The inner
+    optimiser and its learning-rate schedule are untouched, so a scheduler works as without Lookahead.
+    """
+
+    def __init__(self, parameters: Any, k: int = 6, alpha: float = 0.5) -> None:
+        if k < 1 or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"Lookahead needs k >= 1 and 0 < alpha <= 1, got k={k}, alpha={alpha}")
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.slow = [p.detach().clone() for p in self.parameters]
+        self.k, self.alpha, self.steps = k, alpha, 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.k:
+            return
+        for fast, slow in zip(self.parameters, self.slow, strict=True):
+            slow.add_(fast - slow, alpha=self.alpha)
+            fast.copy_(slow)
+
+
 def _e2e_optimizer(parameters: Any, lr: float, total_steps: int):
     optimizer = torch.optim.RAdam(parameters, lr=lr, betas=(0.95, 0.999), eps=1e-5)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps))
@@ -151,6 +177,7 @@ def train_event_model(model: EventModel, strategy: str, train: EventTensors, val
     else:
         steps = epochs * math.ceil(len(train) / config.batch_size)
         optimizer, scheduler = _e2e_optimizer(model.parameters(), config.lr_e2e, steps)
+    lookahead = Lookahead(model.parameters(), config.lookahead_k, 0.5) if config.lookahead_k and not frozen else None
 
     def loss_of(data: EventTensors, events: np.ndarray, name: str) -> tuple[torch.Tensor, int]:
         if frozen:
@@ -187,6 +214,8 @@ def train_event_model(model: EventModel, strategy: str, train: EventTensors, val
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if lookahead is not None:
+                lookahead.step()
             total, count = total + float(loss.detach()) * n, count + n
         history["train_loss"].append(total / count)
         history["val_loss"].append(val_loss())
