@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import gc
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 
 @contextlib.contextmanager
@@ -28,6 +32,48 @@ def quiet_stdout() -> Iterator[None]:
         finally:
             os.dup2(saved, 1)
             os.close(saved)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Give memory that Python and torch have freed back to the operating system: a garbage collection, then
+    glibc's ``malloc_trim(0)``.
+
+    glibc keeps freed heap pages for reuse, so a long-lived process (a notebook kernel) that trained a tokenizer and
+    a backbone keeps their high-water mark although the objects are gone: measured, 1.18 GB of RSS after a demo
+    tokenizer and backbone, 0.77 GB after ``malloc_trim``.  In a 2 GB Binder session that difference decides whether
+    the next training fits.  Called after every training (:func:`releases_memory`).  Nothing happens where the C
+    library has no ``malloc_trim``."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def releases_memory(function: Function) -> Function:
+    """Decorate a function that trains or generates: :func:`release_memory` runs when it returns (or raises), once
+    its local arrays, models and optimiser states are gone; only what it returns stays."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            release_memory()
+
+    return wrapper  # type: ignore[return-value]
 
 
 def usable_cores() -> list[int]:

@@ -45,7 +45,7 @@ from tauml.data.detector import Candidates, simulate_ee, simulate_pp
 from tauml.data.pythia import SAMPLE_INDEX, GenEvents, generate_batch, pythia_seed
 from tauml.data.schema import FUURE_ROW_GROUP_SIZE, JETCLASS_LABELS, JETCLASS_TREE, DataError
 from tauml.data.truth import DM_LEPTONIC, decay_mode_from_products, last_copy_taus, tau_decay_products
-from tauml.utils import die_with_parent, parallel_workers
+from tauml.utils import die_with_parent, parallel_workers, releases_memory
 from tauml.utils import progress as progress_bar
 
 #: Reco and generator jets below this pT are not written (GeV); the tau tasks select 5 to 20 GeV and above.
@@ -676,6 +676,7 @@ def generate(config: GenerationConfig, out_dir: str | os.PathLike[str], workers:
         return _verified(out_dir) or _generate(config, out_dir, workers, progress)
 
 
+@releases_memory
 def _generate(config: GenerationConfig, out_dir: Path, workers: int | None, progress: bool) -> GeneratedData:
     _check_out_dir(out_dir, config)  # writes the state file again if a rebuild cleared the folder
     tasks = chunk_tasks(config)

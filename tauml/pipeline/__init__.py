@@ -69,6 +69,7 @@ from tauml.training import distributed
 from tauml.training.common import placement_free
 from tauml.training.pretrain import BACKBONE_FILE, pretrain, read_history
 from tauml.training.tokenizer import train_tokenizer
+from tauml.utils import releases_memory
 
 #: Which generated samples feed which task (as the reference: regression and decay modes train on Z -> tau tau
 #: jets only, identification on Z -> tau tau against q qbar jets).  Tests add the ZH taus.
@@ -452,13 +453,18 @@ def _tokenizer(p: Preset, progress: bool):
             found = _cached_tokenizer(p, folder)
             if found is not None:
                 return found
-        split = tokenizer_split(p)
-        result = train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
+        result = _train_tokenizer(p, folder, progress)
         write_entry(done, _present(folder, (TOKENIZER_FILE, HISTORY_FILE)),
                     built_from={"data_key": tokenizer_data_key(p)}, tokenizer_key=tokenizer_key(p),
                     data_key=tokenizer_data_key(p), tokenizer=to_dict(p.tokenizer),
                     features=to_dict(p.features))
     return result
+
+
+@releases_memory
+def _train_tokenizer(p: Preset, folder: Path, progress: bool):
+    split = tokenizer_split(p)
+    return train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
 
 
 def _cached_tokenizer(p: Preset, folder: Path):
@@ -564,36 +570,42 @@ def backbone_checkpoint(preset: str | Preset = "demo", progress: bool = True) ->
         done = folder / ENTRY_FILE
         if distributed.broadcast(_cached_backbone(p, folder) if distributed.is_main() else None):
             return folder / BACKBONE_FILE
-        metadata = {"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)}
-        if p.pretrain.streaming and (p.gpt.inputs != "tokens" or p.pretrain.ntp_weight != 1.0
-                                     or p.pretrain.mpm_weight > 0):
-            raise ConfigError("streaming pretraining reads token shards only (next-token prediction on tokens): "
-                              "set streaming=False for continuous inputs or masked particle modelling")
-        if p.pretrain.streaming:  # out of core: token shards per file, batches streamed from them
-            from tauml.pipeline.shards import token_shards
-            from tauml.training.pretrain_stream import pretrain_streaming
-            from tauml.training.streaming import split_parts
-
-            with distributed.main_first():  # rank 0 builds the shards, the other ranks then verify them
-                shards = token_shards(p, [f for files in pp_files(p).values() for f in files], progress=progress)
-            train_parts, val_parts = split_parts(shards, p.pretrain.val_fraction, p.pretrain.seed)
-            pretrain_streaming(train_parts, val_parts, gpt_config(p), p.pretrain, folder, progress=progress,
-                               metadata=metadata)
-        else:
-            split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
-            train_tokens, train_mask = tokens(p, split.train, "pp/train")
-            val_tokens, val_mask = tokens(p, split.val, "pp/val")
-            # a continuous backbone reads the tokenizer's own input features (one preprocessing everywhere)
-            features = {"train_features": token_aligned_features(split.train.features, split.train.mask),
-                        "val_features": token_aligned_features(split.val.features, split.val.mask)} \
-                if p.gpt.inputs == "continuous" else {}
-            pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
-                     progress=progress, metadata=metadata, **features)
+        _pretrain_backbone(p, folder, progress)
         if distributed.is_main():
             write_entry(done, _present(folder, (BACKBONE_FILE, HISTORY_FILE)),
                         built_from={"tokenizer_key": tokenizer_key(p), "tokenizer_sha256": tokenizer_digest(p)},
                         backbone_key=backbone_key(p))
     return folder / BACKBONE_FILE
+
+
+@releases_memory
+def _pretrain_backbone(p: Preset, folder: Path, progress: bool) -> None:
+    """Pretrain the preset's backbone into ``folder`` (in memory, or streamed from token shards)."""
+    metadata = {"tokenizer_key": tokenizer_key(p), "backbone_key": backbone_key(p)}
+    if p.pretrain.streaming and (p.gpt.inputs != "tokens" or p.pretrain.ntp_weight != 1.0
+                                 or p.pretrain.mpm_weight > 0):
+        raise ConfigError("streaming pretraining reads token shards only (next-token prediction on tokens): "
+                          "set streaming=False for continuous inputs or masked particle modelling")
+    if p.pretrain.streaming:  # out of core: token shards per file, batches streamed from them
+        from tauml.pipeline.shards import token_shards
+        from tauml.training.pretrain_stream import pretrain_streaming
+        from tauml.training.streaming import split_parts
+
+        with distributed.main_first():  # rank 0 builds the shards, the other ranks then verify them
+            shards = token_shards(p, [f for files in pp_files(p).values() for f in files], progress=progress)
+        train_parts, val_parts = split_parts(shards, p.pretrain.val_fraction, p.pretrain.seed)
+        pretrain_streaming(train_parts, val_parts, gpt_config(p), p.pretrain, folder, progress=progress,
+                           metadata=metadata)
+    else:
+        split = pp_split(p, p.pretrain.val_fraction, p.pretrain.seed)
+        train_tokens, train_mask = tokens(p, split.train, "pp/train")
+        val_tokens, val_mask = tokens(p, split.val, "pp/val")
+        # a continuous backbone reads the tokenizer's own input features (one preprocessing everywhere)
+        features = {"train_features": token_aligned_features(split.train.features, split.train.mask),
+                    "val_features": token_aligned_features(split.val.features, split.val.mask)} \
+            if p.gpt.inputs == "continuous" else {}
+        pretrain(train_tokens, train_mask, val_tokens, val_mask, gpt_config(p), p.pretrain, folder,
+                 progress=progress, metadata=metadata, **features)
 
 
 def _cached_backbone(p: Preset, folder: Path) -> bool:

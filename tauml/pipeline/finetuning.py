@@ -67,7 +67,7 @@ from tauml.training.finetune import (
     tau_inputs,
     train_tau_model,
 )
-from tauml.utils import die_with_parent
+from tauml.utils import die_with_parent, releases_memory
 
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.npz"
@@ -243,6 +243,7 @@ def _cached_result(preset: Preset, config: FinetuneConfig, folder: Path) -> Fine
     return None
 
 
+@releases_memory
 def _train(preset: Preset, config: FinetuneConfig, folder: Path, progress: bool, callback: EpochCallback | None,
            max_epochs_this_call: int | None) -> FinetuneResult:
     common.limit_threads()

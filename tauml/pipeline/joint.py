@@ -49,7 +49,7 @@ from tauml.training.joint import (
     train_event_model,
     train_jet_tagger,
 )
-from tauml.utils import die_with_parent
+from tauml.utils import die_with_parent, releases_memory
 from tauml.utils import progress as progress_bar
 
 #: The split fractions by event (the rest trains).
@@ -331,6 +331,7 @@ def head_path(store: ScanStore, config: JointConfig) -> Path:
     return store.root / f"{store.key(config)}.head.pt"
 
 
+@releases_memory
 def _store_point(p: Preset, store: ScanStore, config: JointConfig) -> None:
     """Train ``config`` and store it: its record, its test scores and its phi/rho weights (the finetuned strategy
     starts from the frozen point's, which must be stored already)."""
