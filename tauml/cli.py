@@ -39,6 +39,7 @@ from tauml.config import (
     PRESETS,
     STRATEGIES,
     TASKS,
+    TOKENIZER_DOMAINS,
     ConfigError,
     get_preset,
     to_dict,
@@ -201,6 +202,9 @@ def _preset_of(args: argparse.Namespace, check: bool = True):
     a preset on files resolves and checks them now (tauml.pipeline.data_files), so that missing or malformed data
     stop the command at once, before anything is built."""
     preset = get_preset(with_data(args.preset, getattr(args, "data", None)))
+    domain = getattr(args, "tokenizer_on", None)
+    if domain is not None and domain != preset.tokenizer.train_on:  # the tokenizer, and all built on it, change
+        preset = replace(preset, tokenizer=replace(preset.tokenizer, train_on=domain))
     if check and preset.data != "generated":
         from tauml import pipeline  # torch: only the commands that train pay
 
@@ -379,6 +383,9 @@ DATA_HELP = ("where the data come from: 'generated' (the preset's generated even
 
 def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="PATH|generated|files", help=DATA_HELP)
+    parser.add_argument("--tokenizer-on", choices=TOKENIZER_DOMAINS,
+                        help="the jets the tokenizer learns from: pp (default, as the paper) or ee (every jet of the "
+                        "e+e- training files; docs/tokenizer.md); the backbone and the fine-tunings follow it")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -241,3 +241,20 @@ def test_ablations_and_the_scan_explorer(tiny_preset, built):
     explorer.metric.value = "median"
     assert explorer.summary_rows()[0]["metric"] == "median"
     assert "train_size" in explorer.table.outputs[0]["data"]["text/markdown"]
+
+
+def test_the_tokenizer_domain_is_one_option_on_every_step():
+    from tauml.cli import _preset_of, build_parser
+
+    parser = build_parser()
+    extras = {"train-tokenizer": [], "pretrain": [], "finetune": ["--task", "id", "--strategy", "fine_tuning"],
+              "scan": ["--task", "id", "--kind", "blocks"]}
+    for command, extra in extras.items():
+        args = parser.parse_args([command, *extra, "--tokenizer-on", "ee"])
+        preset = _preset_of(args, check=False)
+        assert preset.tokenizer.train_on == "ee", command
+        assert pipeline.tokenizer_key(preset) != pipeline.tokenizer_key("demo")
+        assert pipeline.backbone_key(preset) != pipeline.backbone_key("demo")  # the backbone follows the tokenizer
+    assert _preset_of(parser.parse_args(["pretrain"]), check=False).tokenizer.train_on == "pp"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", "--tokenizer-on", "lhc"])
