@@ -76,7 +76,7 @@ def test_prepare_calls_what_the_notebooks_call_with_their_settings(tiny_preset, 
 
     monkeypatch.setattr(pipeline, "detector_study", detector_study)
     seconds = prepare.prepare(tiny_preset, steps=("ablations", "finetuning", "variants", "detector"), workers=1,
-                              progress=False)
+                              progress=False, isolated=False)  # monkeypatched steps: in this process
     assert list(seconds) == ["detector", "variants", "finetuning", "ablations"]  # always in the order of STEPS
     assert calls["detector"] == (tiny_preset, pipeline.DETECTOR_STUDY_EVENTS)
     assert calls["variants"][0] == (tiny_preset, tokenization.NOTEBOOK_VARIANTS)
@@ -362,3 +362,18 @@ def test_scan_explorer_follows_a_change_of_task(tiny_preset, built):
     assert explorer.summary_rows()[0]["metric"] == "accuracy"
     explorer.task.value = "reg"
     assert explorer.metric.value == "resolution" and explorer.summary_rows()[0]["task"] == "reg"
+
+
+def test_each_prepare_step_runs_in_its_own_process_and_its_errors_come_back(tiny_preset, tiny_dataset, capsys,
+                                                                            tmp_path):
+    from dataclasses import replace
+
+    from tauml.data.schema import DataError
+    from tauml.studies import prepare
+
+    seconds = prepare.prepare(tiny_preset, steps=("data",), workers=1, progress=False)  # isolated: the default
+    assert list(seconds) == ["data"]
+    assert "events in" in capsys.readouterr().out  # the step's line came back from its process
+    empty = replace(tiny_preset, data=str(tmp_path))  # a folder without data files: the step fails in its process
+    with pytest.raises(DataError, match="no"):  # raised in the step's process, raised again here with its type
+        prepare.prepare(empty, steps=("data",), workers=1, progress=False)

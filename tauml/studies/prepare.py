@@ -17,6 +17,7 @@ Heavy imports (torch, the pipeline) happen inside :func:`prepare`, so ``tauml --
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from tauml.pipeline.finetuning import finetune_many
 from tauml.studies import ablations, beyond_tokens, embeddings, tokenization
 from tauml.studies import finetuning as comparison
 from tauml.studies import joint as joint_study
+from tauml.utils import die_with_parent
 
 #: The steps in the order they run (later steps need earlier ones, and the longest, the scans, come last):
 #: name -> (the notebook that shows it, what it builds).
@@ -71,10 +73,14 @@ def duration(seconds: float) -> str:
 
 
 def prepare(preset: str | Preset = "demo", steps: Sequence[str] | None = None, workers: int | None = None,
-            progress: bool = True) -> dict[str, float]:
-    """Build the ``steps`` (default: all of :data:`STEPS` but the :data:`OPTIONAL_STEPS`) of ``preset`` into the cache, printing what each builds
-    and how long it took; returns ``{step: seconds}``.  ``workers`` is the number of trainings run side by side
-    (default: as the cores and the memory allow, :func:`tauml.utils.parallel_workers`)."""
+            progress: bool = True, isolated: bool = True) -> dict[str, float]:
+    """Build the ``steps`` (default: all of :data:`STEPS` but the :data:`OPTIONAL_STEPS`) of ``preset`` into the
+    cache, printing what each builds and how long it took; returns ``{step: seconds}``.  ``workers`` is the number
+    of trainings run side by side (default: as the cores and the memory allow, :func:`tauml.utils.parallel_workers`).
+
+    ``isolated`` runs each step in a fresh process, which ends with the step: one process that builds every step
+    keeps the high-water mark of all of them, and a Binder build of the demo was killed above 2 GB at the last
+    step that way (measured, ``benchmarks/bench_school.py``); a step alone stays well below."""
     chosen = check_steps(steps)
     p = get_preset(preset)
     seconds: dict[str, float] = {}
@@ -84,12 +90,45 @@ def prepare(preset: str | Preset = "demo", steps: Sequence[str] | None = None, w
         notebook, what = STEPS[name]
         print(f"[{i}/{len(chosen)}] {name} ({notebook}): {what} ...", flush=True)
         begun = time.perf_counter()
-        detail = _STEP_FUNCTIONS[name](p, workers, progress)
+        detail = _in_own_process(name, p, workers, progress) if isolated else \
+            _STEP_FUNCTIONS[name](p, workers, progress)
         seconds[name] = time.perf_counter() - begun
         print(f"      {detail} — {duration(seconds[name])}", flush=True)
     print(f"tauml prepare: {len(chosen)} step(s) in {duration(time.perf_counter() - started)}; the notebooks now "
           "find them in the cache", flush=True)
     return seconds
+
+
+def _run_step(name: str, p: Preset, workers: int | None, progress: bool, connection: Any) -> None:
+    """The body of a step's own process: run it, send back its line or its exception."""
+    die_with_parent()
+    try:
+        connection.send(("done", _STEP_FUNCTIONS[name](p, workers, progress)))
+    except BaseException as err:  # the parent raises it again, so the command's error surface is the same
+        connection.send(("failed", err))
+    finally:
+        connection.close()
+
+
+def _in_own_process(name: str, p: Preset, workers: int | None, progress: bool) -> str:
+    """Run step ``name`` in a fresh (spawned) process and return its line; its exception is raised here."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_run_step, args=(name, p, workers, progress, send), name=f"prepare-{name}")
+    process.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:  # the process ended without a word: killed (out of memory?) or crashed
+        process.join()
+        raise RuntimeError(f"step {name!r} ended without finishing (exit code {process.exitcode}; killed for lack "
+                           "of memory?) — run `tauml prepare` again: it resumes where the step stopped") from None
+    finally:
+        receive.close()
+    process.join()
+    if status == "failed":
+        raise value
+    return value
 
 
 # Each step: (preset, workers, progress) -> one line saying what was built (or found in the cache).  The imports
