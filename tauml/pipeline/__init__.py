@@ -284,7 +284,11 @@ def pp_jets(preset: str | Preset = "demo", samples: tuple[str, ...] = PP_SAMPLES
 
 def pp_split(preset: str | Preset = "demo", val_fraction: float = 0.1, seed: int = 1603) -> Split:
     """The pp jets for tokenizer training and pretraining, shuffled and divided into train and validation."""
-    jets, _ = pp_jets(preset)
+    return shuffled_split(pp_jets(preset)[0], val_fraction, seed)
+
+
+def shuffled_split(jets: JetArrays, val_fraction: float, seed: int) -> Split:
+    """``jets`` shuffled with ``seed`` and divided into training and validation (at least one validation jet)."""
     order = np.random.default_rng(seed).permutation(len(jets))
     n_val = max(1, round(val_fraction * len(jets)))
     return Split(train=jets.subset(order[n_val:]), val=jets.subset(order[:n_val]))
@@ -303,10 +307,7 @@ def tokenizer_split(preset: str | Preset = "demo") -> Split:
     t = p.tokenizer
     if t.train_on == "pp":
         return pp_split(p, t.val_fraction, t.seed)
-    jets = ee_training_jets(p)
-    order = np.random.default_rng(t.seed).permutation(len(jets))
-    n_val = max(1, round(t.val_fraction * len(jets)))
-    return Split(train=jets.subset(order[n_val:]), val=jets.subset(order[:n_val]))
+    return shuffled_split(ee_training_jets(p), t.val_fraction, t.seed)
 
 
 def tokenizer_data_key(preset: str | Preset) -> str:
