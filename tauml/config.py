@@ -291,6 +291,9 @@ class TokenizerConfig:
     #: the jets the tokenizer learns from: "pp" (the JetClass-like pp jets, the paper) or "ee" (every jet of the
     #: e+e- training files, tau and quark jets: the core paper's outlook of a tokenizer in the target domain)
     train_on: str = added_setting("pp")
+    #: train on jets streamed from feature shards (one per input file, float32 features, no padding), so memory
+    #: does not grow with the data (the medium and paper presets); False: all jets padded in memory (the demo)
+    streaming: bool = added_setting(False)
 
     def validate(self) -> None:
         _check(self.codebook_size >= 2, f"codebook_size={self.codebook_size} must be at least 2")
@@ -305,6 +308,9 @@ class TokenizerConfig:
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must lie in (0, 1)")
         _check(self.train_on in TOKENIZER_DOMAINS,
                f"train_on={self.train_on!r}; choose from {', '.join(TOKENIZER_DOMAINS)}")
+        _check(not (self.streaming and self.train_jets), f"train_jets={self.train_jets} limits the in-memory "
+               "tokenizer training only; with streaming=True give fewer files (Preset.pp_jets_per_sample) or set "
+               "train_jets=0")
 
 
 #: What a tokenizer may be trained on (TokenizerConfig.train_on).
@@ -628,9 +634,10 @@ PAPER = Preset(
     tokenizer=TokenizerConfig(
         codebook_size=32_000, latent_dim=8, hidden_dim=128, n_blocks=4, n_heads=8, dropout=0.1,
         epochs=100, batch_size=512, lr=1e-3, dead_code_patience=100, train_jets=0, kmeans_iterations=50,
+        streaming=True,
     ),
     gpt=GPTConfig(n_layer=3, n_head=8, n_embd=256, ffn_dim=1024, dropout=0.0),
-    pretrain=PretrainConfig(epochs=7, batch_size=256, lr=1e-3, warmup_steps=1000),
+    pretrain=PretrainConfig(epochs=7, batch_size=256, lr=1e-3, warmup_steps=1000, streaming=True),
     head=HeadConfig(n_particle_blocks=2, n_class_blocks=2, n_heads=8, dropout=0.1),
     finetune=FinetuneConfig(epochs=100, batch_size=4096, lr=1e-4, unfreeze_epoch=50, train_size=1_000_000,
                             val_size=540_000),
@@ -653,9 +660,9 @@ MEDIUM = Preset(
     ),
     features=FeatureConfig(),
     tokenizer=TokenizerConfig(codebook_size=2048, hidden_dim=128, n_blocks=3, n_heads=8, epochs=10, batch_size=512,
-                              train_jets=0),
+                              train_jets=0, streaming=True),
     gpt=GPTConfig(n_layer=3, n_head=8, n_embd=256, ffn_dim=1024),
-    pretrain=PretrainConfig(epochs=8, batch_size=256, warmup_steps=500),
+    pretrain=PretrainConfig(epochs=8, batch_size=256, warmup_steps=500, streaming=True),
     head=HeadConfig(n_heads=8, dropout=0.1),
     finetune=FinetuneConfig(epochs=20, batch_size=1024, lr=5e-4, unfreeze_epoch=10, train_size=100_000,
                             val_size=20_000),

@@ -212,3 +212,89 @@ def test_the_pipeline_pretrains_by_streaming_when_asked(tiny_preset, tiny_tokeni
     history = pipeline.backbone_history(streaming)
     assert checkpoint.is_file() and history["streaming"] and len(history["epochs"]) == streaming.pretrain.epochs
     assert history["n_train_jets"] + history["n_val_jets"] == len(pipeline.pp_jets(tiny_preset)[0])
+
+
+def test_a_feature_shard_gives_back_the_padded_features_it_was_written_from(tiny_dataset, tmp_path):
+    from tauml.data.shards import write_feature_shard
+
+    file = tiny_dataset.jetclass("TTBar")[0]
+    jets = jet_arrays(read_jetclass(file), max_constituents=128)
+    chunks = [(c.features, c.mask) for c in iter_jet_chunks(file, 128, chunk_jets=9)]
+    write_feature_shard(tmp_path / "f", chunks, 128)
+    shard = open_shard(tmp_path / "f")
+    assert len(shard) == len(jets) and shard.tokens.dtype == np.float32 and shard.vocab_size == 0
+    features, mask = shard.padded()
+    assert np.array_equal(features, jets.features) and np.array_equal(mask, jets.mask)
+    rows = np.array([3, 0, 7])
+    batch, batch_mask = shard.batch(rows)
+    width = int(jets.mask[rows].sum(1).max())
+    assert np.array_equal(batch, jets.features[rows, :width]) and np.array_equal(batch_mask, jets.mask[rows, :width])
+    offsets = np.load(tmp_path / "f" / "offsets.npy")  # an altered offsets file is refused
+    offsets[1] += 1
+    np.save(tmp_path / "f" / "offsets.npy", offsets)
+    assert "SHA-256" in shard_problem(tmp_path / "f")
+
+
+def test_a_bucketed_plan_visits_every_full_batch_of_jets_once_with_similar_lengths(random_shards):
+    shards, _ = random_shards
+    parts = whole_parts(shards)
+    plan = EpochPlan(parts, 8, seed=3, epoch=1, bucket_batches=4, drop_last=True)
+    assert len(plan) == sum(len(s) for s in shards) // 8
+    seen = [tuple(x) for b in range(len(plan)) for x in zip(*plan.batch(b))]
+    assert len(seen) == len(set(seen)) == len(plan) * 8  # no jet twice; only the last partial batch left out
+    with pytest.raises(IndexError):
+        plan.batch(len(plan))
+    spread = []
+    for b in range(len(plan)):  # a batch holds jets of similar length: far less spread than a random batch
+        ids, rows = plan.batch(b)
+        lengths = np.array([shards[i].lengths(np.array([r]))[0] for i, r in zip(ids, rows)])
+        spread.append(np.ptp(lengths))
+    plain = EpochPlan(parts, 8, seed=3, epoch=1)
+    plain_spread = [np.ptp([shards[i].lengths(np.array([r]))[0] for i, r in zip(*plain.batch(b))])
+                    for b in range(len(plan))]
+    assert np.mean(spread) < 0.5 * np.mean(plain_spread)
+    assert [tuple(x) for b in range(len(plan)) for x in zip(*plan.batch(b))] == seen  # reproducible
+
+
+def test_the_streamed_tokenizer_trains_validates_as_in_memory_and_resumes(tiny_preset, tiny_dataset, tmp_path):
+    from tauml.pipeline.shards import feature_shards
+    from tauml.training.streaming import iter_part_batches
+    from tauml.training.tokenizer import evaluate, evaluate_batches, train_tokenizer_streaming
+
+    files = [str(f) for f in tiny_dataset.jetclass("TTBar")]
+    shards = feature_shards(files, tiny_preset.features, 128, progress=False, chunk_jets=16)
+    train, val = split_parts(shards, 0.2, seed=5)
+    config = replace(tiny_preset.tokenizer, epochs=2, streaming=True)
+    whole = train_tokenizer_streaming(train, val, config, tiny_preset.features, tmp_path / "whole", progress=False,
+                                      device="cpu")
+    assert whole.metadata["n_train"] == sum(len(p) for p in train)
+    assert not whole.training and not any(p.requires_grad for p in whole.parameters())
+    # validation accumulated over streamed batches equals the in-memory evaluation of the same jets
+    val_x = np.concatenate([shards[i].batch(p.rows(), 128)[0] for i, p in enumerate(val)])
+    val_mask = np.concatenate([shards[i].batch(p.rows(), 128)[1] for i, p in enumerate(val)])
+    streamed = evaluate_batches(whole, ((b.tokens, b.mask) for b in iter_part_batches(val, 7)))
+    in_memory = evaluate(whole, val_x, val_mask)
+    assert streamed["loss"] == pytest.approx(in_memory["loss"], rel=1e-5)
+    assert streamed["perplexity"] == pytest.approx(in_memory["perplexity"], rel=1e-9)
+    # interrupted after one epoch, resumed: the weights of the uninterrupted run
+    train_tokenizer_streaming(train, val, config, tiny_preset.features, tmp_path / "parts", progress=False,
+                              device="cpu", max_epochs_this_call=1)
+    resumed = train_tokenizer_streaming(train, val, config, tiny_preset.features, tmp_path / "parts",
+                                        progress=False, device="cpu")
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(Exception, match="train_jets"):
+        train_tokenizer_streaming(train, val, replace(config, train_jets=10), tiny_preset.features, tmp_path / "x")
+
+
+def test_the_pipeline_trains_the_tokenizer_streamed_when_asked(tiny_preset, tiny_dataset):
+    streaming = replace(tiny_preset, tokenizer=replace(tiny_preset.tokenizer, streaming=True))
+    assert pipeline.tokenizer_key(streaming) != pipeline.tokenizer_key(tiny_preset)
+    files, slots = pipeline.tokenizer_files(streaming)
+    assert slots == 128 and set(files) == {f for fs in pipeline.pp_files(tiny_preset).values() for f in fs}
+    tokenizer = pipeline.tokenizer(streaming, progress=False)
+    history = __import__("json").loads((pipeline.tokenizer_dir(streaming) / "history.json").read_text())
+    assert len(history) == streaming.tokenizer.epochs
+    n_jets = len(pipeline.pp_jets(tiny_preset)[0])
+    assert 0.8 * n_jets < tokenizer.metadata["n_train"] < n_jets
+    assert pipeline.tokenizer(streaming, progress=False).metadata == tokenizer.metadata  # from the cache

@@ -1,12 +1,16 @@
-"""Token shards: the token sequences of many jets on disk, without padding, read memory-mapped.
+"""Shards: the token sequences (or the constituent features) of many jets on disk, without padding, memory-mapped.
 
-A shard is a folder (one per input file, in tauml's cache) holding
+A **token shard** is a folder (one per input file, in tauml's cache) holding
 
 * ``tokens.npy``: every jet's sequence ``[START, c1+3, ..., cn+3, STOP]`` one after another (uint16 when the
   vocabulary fits, else int32), no padding stored,
 * ``offsets.npy``: int64 ``(n_jets + 1,)``, jet ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``,
 * ``done.json``: the verified cache entry (:func:`tauml.cache.write_entry`: sizes, modification times and
   SHA-256 of both files, what the tokens were built from, the number of jets and slots).
+
+A **feature shard** is the same with ``features.npy`` instead of ``tokens.npy``: the float32 constituent features
+``(n_constituents, 10)`` of every jet one after another (what the tokenizer trains on, streamed:
+:func:`tauml.training.tokenizer.train_tokenizer_streaming`).
 
 Plain ``.npy`` (read without ``allow_pickle``), written atomically; :func:`open_shard` verifies the entry and the
 structure before a shard is believed, and names the folder to delete otherwise.  A batch is padded only when it is
@@ -27,6 +31,7 @@ from tauml.cache import ENTRY_FILE, CacheError, atomic_path, entry_problem, read
 #: Bump when what a shard holds changes for the same inputs.
 SHARD_FORMAT = 1
 TOKENS_FILE = "tokens.npy"
+FEATURES_FILE = "features.npy"
 OFFSETS_FILE = "offsets.npy"
 #: The token ids of the one convention (docs/conventions.md), repeated here so that the data layer does not
 #: import the models; tests assert they equal tauml.models.vqvae's.
@@ -39,31 +44,46 @@ class ShardError(CacheError):
 
 def write_shard(folder: str | Path, sequences: Iterable[tuple[np.ndarray, np.ndarray]], vocab_size: int,
                 slots: int, built_from: dict[str, Any] | None = None, **info: Any) -> dict[str, Any]:
-    """Write a shard into ``folder`` from chunks ``(tokens (n, L) int, mask (n, L) bool)`` (padded, as
+    """Write a token shard into ``folder`` from chunks ``(tokens (n, L) int, mask (n, L) bool)`` (padded, as
     :meth:`~tauml.models.vqvae.Tokenizer.tokenize` returns them); the padding is dropped.  ``slots`` is the padded
     width of the sequences (max constituents + 2).  The entry is written last: a shard without it is unfinished."""
+    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    return _write(folder, TOKENS_FILE, dtype, sequences, slots, built_from, vocab_size=int(vocab_size), **info)
+
+
+def write_feature_shard(folder: str | Path, chunks: Iterable[tuple[np.ndarray, np.ndarray]], slots: int,
+                        built_from: dict[str, Any] | None = None, **info: Any) -> dict[str, Any]:
+    """Write a feature shard into ``folder`` from chunks ``(features (n, P, F), mask (n, P) bool)`` (the padded
+    layout of :class:`~tauml.data.features.JetArrays`), stored as float32 without the padding.  ``slots`` is ``P``
+    (the most constituents a jet may have)."""
+    return _write(folder, FEATURES_FILE, np.float32, chunks, slots, built_from, **info)
+
+
+def _write(folder: str | Path, values_file: str, dtype: Any, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+           slots: int, built_from: dict[str, Any] | None, **info: Any) -> dict[str, Any]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    flat, lengths = [], []
-    for tokens, mask in sequences:
-        tokens, mask = np.asarray(tokens), np.asarray(mask, dtype=bool)
-        flat.append(tokens[mask].astype(dtype))
+    flat, lengths, trailing = [], [], None
+    for values, mask in chunks:
+        values, mask = np.asarray(values), np.asarray(mask, dtype=bool)
+        flat.append(values[mask].astype(dtype))
         lengths.append(mask.sum(axis=1))
-    values = np.concatenate(flat) if flat else np.zeros(0, dtype)
+        trailing = values.shape[2:]
+    values = np.concatenate(flat) if flat else np.zeros((0, *(trailing or ())), dtype)
     offsets = np.zeros(sum(len(n) for n in lengths) + 1, np.int64)
     np.cumsum(np.concatenate(lengths) if lengths else np.zeros(0, np.int64), out=offsets[1:])
-    for name, array in ((TOKENS_FILE, values), (OFFSETS_FILE, offsets)):
+    for name, array in ((values_file, values), (OFFSETS_FILE, offsets)):
         with atomic_path(folder / name) as tmp, open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
-    return write_entry(folder / ENTRY_FILE, [TOKENS_FILE, OFFSETS_FILE], built_from=built_from,
+    return write_entry(folder / ENTRY_FILE, [values_file, OFFSETS_FILE], built_from=built_from,
                        format=SHARD_FORMAT, n_jets=len(offsets) - 1, n_tokens=int(offsets[-1]), slots=int(slots),
-                       vocab_size=int(vocab_size), **info)
+                       **info)
 
 
 @dataclass
 class TokenShard:
-    """One verified shard, memory-mapped: nothing is read into memory until rows are asked for."""
+    """One verified shard, memory-mapped: nothing is read into memory until rows are asked for (a feature shard
+    holds features in ``tokens``, ``(n_constituents, n_features)`` float32, and has ``vocab_size`` 0)."""
 
     folder: Path
     tokens: np.ndarray  #: flat, memory-mapped
@@ -82,18 +102,20 @@ class TokenShard:
         return np.asarray(ends - starts)
 
     def batch(self, rows: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens (int64) and boolean mask of ``rows``, padded with PAD to the longest of them (or ``width``)."""
+        """Tokens (int64) and boolean mask of ``rows``, padded with PAD to the longest of them (or ``width``); for a
+        feature shard float32 features ``(n, width, n_features)``, padded with zeros."""
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
         lengths = np.asarray(ends - starts)
         width = int(lengths.max(initial=0)) if width is None else width
         mask = np.arange(width)[None, :] < lengths[:, None]
-        tokens = np.full((len(rows), width), PAD, np.int64)
+        trailing = self.tokens.shape[1:]  # () for tokens, (n_features,) for a feature shard
+        values = np.zeros((len(rows), width, *trailing), np.int64 if not trailing else np.float32)  # PAD = 0
         if len(rows):
             take = np.repeat(starts - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(
                 int(lengths.sum()))
-            tokens[mask] = self.tokens[take]
-        return tokens, mask
+            values[mask] = self.tokens[take]
+        return values, mask
 
     def padded(self) -> tuple[np.ndarray, np.ndarray]:
         """All sequences padded to ``slots`` (the layout of ``Tokenizer.tokenize``); for small shards only."""
@@ -102,28 +124,40 @@ class TokenShard:
 
 def shard_problem(folder: str | Path, built_from: dict[str, Any] | None = None) -> str | None:
     """Why the shard in ``folder`` cannot be used (None when it can): its entry (:func:`tauml.cache.entry_problem`)
-    and its structure (offsets rising from 0 to the number of tokens, START and STOP where they belong)."""
+    and its structure (offsets rising from 0 to the number of values; for tokens START and STOP where they belong)."""
     folder = Path(folder)
     problem = entry_problem(folder / ENTRY_FILE, built_from)
     if problem is not None:
         return problem
     entry = read_entry(folder / ENTRY_FILE) or {}
-    if entry.get("format") != SHARD_FORMAT or set(entry.get("files", {})) != {TOKENS_FILE, OFFSETS_FILE}:
-        return f"it is not a token shard of format {SHARD_FORMAT}"
+    values_file = _values_file(entry)
+    if entry.get("format") != SHARD_FORMAT or values_file is None:
+        return f"it is not a shard of format {SHARD_FORMAT}"
     try:
-        tokens = np.load(folder / TOKENS_FILE, mmap_mode="r", allow_pickle=False)
+        values = np.load(folder / values_file, mmap_mode="r", allow_pickle=False)
         offsets = np.load(folder / OFFSETS_FILE, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
         return f"its arrays are unreadable ({err})"
+    tokens = values_file == TOKENS_FILE
     if offsets.ndim != 1 or len(offsets) != entry.get("n_jets", -2) + 1 or offsets[0] != 0 \
-            or offsets[-1] != len(tokens) or tokens.ndim != 1:
-        return "its offsets do not match its tokens"
+            or offsets[-1] != len(values) or values.ndim != (1 if tokens else 2):
+        return f"its offsets do not match its {values_file}"
     if len(offsets) > 1:
         lengths = np.diff(offsets)
-        if lengths.min() < 2 or lengths.max() > entry["slots"]:
-            return f"it holds sequences of {lengths.min()}..{lengths.max()} tokens, outside 2..{entry['slots']}"
-        if np.any(tokens[offsets[:-1]] != START) or np.any(tokens[offsets[1:] - 1] != STOP):
+        shortest = 2 if tokens else 1  # a token sequence has START and STOP, a jet at least one constituent
+        if lengths.min() < shortest or lengths.max() > entry["slots"]:
+            return f"it holds jets of {lengths.min()}..{lengths.max()} values, outside {shortest}..{entry['slots']}"
+        if tokens and (np.any(values[offsets[:-1]] != START) or np.any(values[offsets[1:] - 1] != STOP)):
             return "its sequences do not all run from START to STOP"
+    return None
+
+
+def _values_file(entry: dict[str, Any]) -> str | None:
+    """``tokens.npy`` or ``features.npy``: which kind of shard an entry describes (None: neither)."""
+    files = set(entry.get("files", {}))
+    for name in (TOKENS_FILE, FEATURES_FILE):
+        if files == {name, OFFSETS_FILE}:
+            return name
     return None
 
 
@@ -132,9 +166,10 @@ def open_shard(folder: str | Path, built_from: dict[str, Any] | None = None) -> 
     folder = Path(folder)
     problem = shard_problem(folder, built_from)
     if problem is not None:
-        raise ShardError(f"the token shard {folder} cannot be used: {problem}. Delete {folder} and it is built "
+        raise ShardError(f"the shard {folder} cannot be used: {problem}. Delete {folder} and it is built "
                          "again from its input file")
     entry = read_entry(folder / ENTRY_FILE) or {}
-    return TokenShard(folder, np.load(folder / TOKENS_FILE, mmap_mode="r", allow_pickle=False),
+    values_file = _values_file(entry)
+    return TokenShard(folder, np.load(folder / values_file, mmap_mode="r", allow_pickle=False),
                       np.load(folder / OFFSETS_FILE, mmap_mode="r", allow_pickle=False), int(entry["slots"]),
-                      int(entry["vocab_size"]), entry["files"][TOKENS_FILE]["sha256"])
+                      int(entry.get("vocab_size", 0)), entry["files"][values_file]["sha256"])

@@ -464,8 +464,28 @@ def _tokenizer(p: Preset, progress: bool):
 
 @releases_memory
 def _train_tokenizer(p: Preset, folder: Path, progress: bool):
+    if p.tokenizer.streaming:  # out of core: feature shards per file, batches streamed from them
+        from tauml.pipeline.shards import feature_shards
+        from tauml.training.streaming import split_parts
+        from tauml.training.tokenizer import train_tokenizer_streaming
+
+        files, max_constituents = tokenizer_files(p)
+        shards = feature_shards(files, p.features, max_constituents, progress=progress)
+        train_parts, val_parts = split_parts(shards, p.tokenizer.val_fraction, p.tokenizer.seed)
+        return train_tokenizer_streaming(train_parts, val_parts, p.tokenizer, p.features, folder, progress=progress)
     split = tokenizer_split(p)
     return train_tokenizer(split.train, split.val, p.tokenizer, p.features, folder, progress=progress)
+
+
+def tokenizer_files(preset: str | Preset) -> tuple[list[str], int]:
+    """The files a streamed tokenizer training reads and the constituent slots of their jets: the pp files
+    (:func:`pp_files`, 128 slots) or with ``train_on="ee"`` the e+e- *training* files (16 slots)."""
+    p = _preset(preset)
+    if p.tokenizer.train_on == "pp":
+        return [f for files in pp_files(p).values() for f in files], p.features.max_constituents_jetclass
+    data = data_files(p)
+    return ([str(f) for sample in EE_SAMPLES for f in data.fuure_files(sample, "train")],
+            p.features.max_constituents_tau)
 
 
 def _cached_tokenizer(p: Preset, folder: Path):

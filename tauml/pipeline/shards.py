@@ -1,4 +1,4 @@
-"""Token shards of many files, built once into the cache, per file, optionally on a dask cluster.
+"""Token shards (and feature shards) of many files, built once into the cache, per file, optionally on a dask cluster.
 
 :func:`token_shards` turns a tuple of jet files (what :func:`tauml.pipeline.pp_files` names, or any JetClass /
 Fu(tau)ure files) into one verified token shard per file (:mod:`tauml.data.shards`): each file is read in chunks
@@ -12,6 +12,9 @@ frozen tokenizer, and the sequences written without padding under
   single-threaded worker per usable core), a ``"tcp://host:port"`` address on that dask scheduler (an
   HTCondor or Slurm dask deployment unchanged; the workers must see the files and the cache folder), and
   ``None`` (the default; ``TAUML_DASK_SCHEDULER`` overrides it) in this process.  A progress bar counts the files.
+
+:func:`feature_shards` does the same without a tokenizer: the float32 constituent features of each file, for the
+streamed tokenizer training (``TokenizerConfig.streaming``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from tauml.cache import building, cache_path, clear_entry
 from tauml.config import FeatureConfig, Preset, config_hash, get_preset
 from tauml.data.chunks import CHUNK_JETS, iter_jet_chunks
 from tauml.data.schema import DataError
-from tauml.data.shards import SHARD_FORMAT, TokenShard, open_shard, shard_problem, write_shard
+from tauml.data.shards import (
+    SHARD_FORMAT,
+    TokenShard,
+    open_shard,
+    shard_problem,
+    write_feature_shard,
+    write_shard,
+)
 from tauml.utils import progress as progress_bar
 from tauml.utils import usable_cores
 
@@ -118,14 +128,55 @@ def build_shards(files: Sequence[str | os.PathLike[str]], tokenizer_path: str | 
                  tokenizer_sha256: str, features: FeatureConfig, max_constituents: int, progress: bool = True,
                  scheduler: str | None = None, chunk_jets: int = CHUNK_JETS) -> list[TokenShard]:
     """:func:`token_shards` for a given tokenizer file (its cache key and SHA-256 name the shards)."""
+    folders = [str(shard_dir(tokenizer_key, tokenizer_sha256, f, features, max_constituents)) for f in files]
+    return _build_all(files, folders, build_file_shard, {"tokenizer_sha256": tokenizer_sha256},
+                      (str(tokenizer_path), tokenizer_sha256, features, max_constituents, chunk_jets),
+                      progress, scheduler, "token shards")
+
+
+def feature_shard_dir(file: str | os.PathLike[str], features: FeatureConfig, max_constituents: int) -> Path:
+    """The cache folder of one file's feature shard (named only)."""
+    key = config_hash("features", file_identity(file), features, max_constituents, SHARD_FORMAT)
+    return cache_path("shards", key, create=False)
+
+
+def build_file_feature_shard(file: str, folder: str, features: FeatureConfig, max_constituents: int,
+                             chunk_jets: int = CHUNK_JETS) -> int:
+    """Build (or verify and keep) the feature shard of one file in ``folder`` (float32 constituent features, read
+    and built chunk by chunk); the number of jets.  Runs in a dask worker as well as here."""
+    built_from = {"source": file_identity(file)}
+    with building(folder) as path:
+        problem = shard_problem(path, built_from)
+        if problem is None:
+            return len(open_shard(path))
+        if any(p.name != ".lock" for p in path.iterdir()):
+            clear_entry(path, problem)
+        chunks = ((a.features, a.mask) for a in iter_jet_chunks(file, max_constituents, chunk_jets, features))
+        entry = write_feature_shard(path, chunks, max_constituents, built_from=built_from, source=str(file))
+    return entry["n_jets"]
+
+
+def feature_shards(files: Sequence[str | os.PathLike[str]], features: FeatureConfig, max_constituents: int,
+                   progress: bool = True, scheduler: str | None = None,
+                   chunk_jets: int = CHUNK_JETS) -> list[TokenShard]:
+    """The verified feature shards of ``files`` (built where missing, on ``scheduler`` as :func:`token_shards`), in
+    file order: what the streamed tokenizer training reads (:func:`tauml.pipeline.tokenizer` with
+    ``TokenizerConfig.streaming``)."""
+    folders = [str(feature_shard_dir(f, features, max_constituents)) for f in files]
+    return _build_all(files, folders, build_file_feature_shard, {},
+                      (features, max_constituents, chunk_jets), progress, scheduler, "feature shards")
+
+
+def _build_all(files: Sequence[str | os.PathLike[str]], folders: list[str], build_one: Any,
+               built_from: dict[str, Any], args: tuple, progress: bool, scheduler: str | None,
+               desc: str) -> list[TokenShard]:
+    """``build_one(file, folder, *args)`` for every file whose shard is missing or damaged, here or on dask; then
+    every shard, verified."""
     if not files:
         raise DataError("no input files to tokenize")
-    folders = [str(shard_dir(tokenizer_key, tokenizer_sha256, f, features, max_constituents)) for f in files]
-    built_from = {"tokenizer_sha256": tokenizer_sha256}
     todo = [i for i, folder in enumerate(folders) if shard_problem(folder, built_from) is not None]
     scheduler = scheduler if scheduler is not None else os.environ.get(ENV_SCHEDULER) or None
-    args = (str(tokenizer_path), tokenizer_sha256, features, max_constituents, chunk_jets)
-    bar = progress_bar(total=len(files), initial=len(files) - len(todo), desc="token shards", unit="file",
+    bar = progress_bar(total=len(files), initial=len(files) - len(todo), desc=desc, unit="file",
                        **({} if progress else {"disable": True}))
     try:
         if todo and scheduler:
@@ -133,8 +184,7 @@ def build_shards(files: Sequence[str | os.PathLike[str]], tokenizer_path: str | 
             try:
                 from dask.distributed import as_completed
 
-                futures = [client.submit(build_file_shard, str(files[i]), folders[i], *args, pure=False)
-                           for i in todo]
+                futures = [client.submit(build_one, str(files[i]), folders[i], *args, pure=False) for i in todo]
                 for future in as_completed(futures):
                     future.result()  # a failed file raises here, naming it
                     bar.update(1)
@@ -144,7 +194,7 @@ def build_shards(files: Sequence[str | os.PathLike[str]], tokenizer_path: str | 
                     cluster.close()
         else:
             for i in todo:
-                build_file_shard(str(files[i]), folders[i], *args)
+                build_one(str(files[i]), folders[i], *args)
                 bar.update(1)
     finally:
         bar.close()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tauml.data.shards import OFFSETS_FILE, TOKENS_FILE, TokenShard
+from tauml.data.shards import FEATURES_FILE, OFFSETS_FILE, TOKENS_FILE, TokenShard
 
 #: Jets shuffled together in one window of an epoch (~16 MB of indices); the demo's pp jets fit in one window.
 WINDOW_JETS = 1_000_000
@@ -90,7 +90,8 @@ class _Opened:
 
     def __call__(self, folder: Path) -> TokenShard:
         if folder not in self._open:
-            tokens = np.load(folder / TOKENS_FILE, mmap_mode="r", allow_pickle=False)
+            values_file = TOKENS_FILE if (folder / TOKENS_FILE).exists() else FEATURES_FILE  # (verified before)
+            tokens = np.load(folder / values_file, mmap_mode="r", allow_pickle=False)
             offsets = np.load(folder / OFFSETS_FILE, mmap_mode="r", allow_pickle=False)
             self._open[folder] = TokenShard(folder, tokens, offsets, 0, 0, "")
         return self._open[folder]
@@ -98,25 +99,28 @@ class _Opened:
 
 def gather(parts: Sequence[ShardPart], part_ids: np.ndarray, rows: np.ndarray, opened: _Opened
            ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and mask of the jets ``(part_ids[i], rows[i])`` (shard rows), padded to the longest, in this order."""
+    """Tokens (or features) and mask of the jets ``(part_ids[i], rows[i])`` (shard rows), padded to the longest, in
+    this order."""
     pieces = {}
     for pid in np.unique(part_ids):
         where = np.flatnonzero(part_ids == pid)
         pieces[int(pid)] = (where, *opened(parts[int(pid)].folder).batch(rows[where]))
     width = max((t.shape[1] for _, t, _ in pieces.values()), default=0)
-    tokens = np.zeros((len(rows), width), np.int64)
+    first = next(iter(pieces.values()))[1] if pieces else np.zeros((0, 0), np.int64)
+    values = np.zeros((len(rows), width, *first.shape[2:]), first.dtype)
     mask = np.zeros((len(rows), width), bool)
     for where, t, m in pieces.values():
-        tokens[where, :t.shape[1]], mask[where, :m.shape[1]] = t, m
-    return tokens, mask
+        values[where, :t.shape[1]], mask[where, :m.shape[1]] = t, m
+    return values, mask
 
 
 class EpochPlan:
     """The order of one epoch over ``parts`` (see the module's docstring), cut into global batches."""
 
     def __init__(self, parts: Sequence[ShardPart], batch_size: int, seed: int, epoch: int,
-                 window_jets: int = WINDOW_JETS) -> None:
+                 window_jets: int = WINDOW_JETS, bucket_batches: int = 0, drop_last: bool = False) -> None:
         self.parts, self.batch_size, self.seed, self.epoch = list(parts), batch_size, seed, epoch
+        self.bucket_batches, self.drop_last = bucket_batches, drop_last
         sizes = np.array([len(p) for p in self.parts], np.int64)
         order = np.random.default_rng([seed, epoch]).permutation(len(self.parts))
         self.windows: list[np.ndarray] = []  # part indices of each window, in visiting order
@@ -134,19 +138,44 @@ class EpochPlan:
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
+        if self.drop_last and self.n_jets >= self.batch_size:
+            return self.n_jets // self.batch_size  # the last partial batch is left out
         return -(-self.n_jets // self.batch_size)
 
     def _window(self, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """(part index, shard row) of every position of window ``w``, shuffled."""
+        """(part index, shard row) of every position of window ``w``, shuffled (and bucketed, when asked)."""
         if self._cached is None or self._cached[0] != w:
             part_ids = np.concatenate([np.full(len(self.parts[i]), i, np.int32) for i in self.windows[w]])
             rows = np.concatenate([self.parts[i].rows() for i in self.windows[w]])
             shuffle = np.random.default_rng([self.seed, self.epoch, w + 1]).permutation(len(rows))
+            if self.bucket_batches:
+                shuffle = shuffle[self._bucketed(w, part_ids[shuffle], rows[shuffle])]
             self._cached = (w, part_ids[shuffle], rows[shuffle])
         return self._cached[1], self._cached[2]
 
+    def _bucketed(self, w: int, part_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Positions of a shuffled window reordered so that batches hold jets of similar length (as
+        :func:`tauml.training.common.bucketed_batches` in memory): groups of ``bucket_batches`` batches sorted by
+        length and cut into batches, whose order in the window is then shuffled; a partial batch stays last."""
+        opened = _Opened()
+        lengths = np.empty(len(rows), np.int64)
+        for pid in np.unique(part_ids):
+            where = np.flatnonzero(part_ids == pid)
+            lengths[where] = opened(self.parts[int(pid)].folder).lengths(rows[where])
+        group, size = self.bucket_batches * self.batch_size, self.batch_size
+        full = len(rows) - len(rows) % size
+        blocks = []
+        for start in range(0, full, group):
+            chunk = np.arange(start, min(start + group, full))
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            blocks.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
+        order = np.random.default_rng([self.seed, self.epoch, w + 1, 1]).permutation(len(blocks))
+        return np.concatenate([*(blocks[i] for i in order), np.arange(full, len(rows))]).astype(np.int64)
+
     def batch(self, b: int, rank: int = 0, world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(part index, shard row) of rank ``rank``'s jets of global batch ``b``."""
+        if not 0 <= b < len(self):
+            raise IndexError(f"batch {b} of an epoch of {len(self)} batches")
         start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.n_jets)
         ids, rows = [], []
         w = int(np.searchsorted(self.window_starts, start, side="right")) - 1
@@ -161,7 +190,8 @@ class EpochPlan:
 
 @dataclass
 class TokenBatch:
-    """One padded batch: tokens (n, L) int64 and mask (n, L) bool; ``len`` is the number of jets."""
+    """One padded batch: tokens (n, L) int64 and mask (n, L) bool; ``len`` is the number of jets.  From feature
+    shards ``tokens`` holds the features (n, L, n_features) float32."""
 
     tokens: torch.Tensor
     mask: torch.Tensor

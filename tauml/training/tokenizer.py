@@ -12,6 +12,7 @@ confusion matrices and the codebook usage.  See docs/tokenizer.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from tauml.cache import write_json
-from tauml.config import FeatureConfig, TokenizerConfig, to_dict
+from tauml.config import ConfigError, FeatureConfig, TokenizerConfig, to_dict
+from tauml.data import DataError
 from tauml.data.features import (
     CHARGE_INDEX,
     CONTINUOUS_FEATURES,
@@ -31,6 +33,15 @@ from tauml.data.features import (
 from tauml.models.checkpoints import load_tokenizer, save_tokenizer
 from tauml.models.vqvae import Tokenizer, code_counts, perplexity, utilisation
 from tauml.training import common, engine
+from tauml.training.streaming import (
+    EpochPlan,
+    ShardBatches,
+    ShardPart,
+    iter_part_batches,
+    loader,
+    n_jets,
+)
+from tauml.utils import usable_cores
 
 #: Linear warm-up over this fraction of all steps, then cosine decay to MIN_LR_FRACTION x lr (OmniJet-alpha
 #: warms up over its first 4 of 100 epochs and ends at 0.3 x the peak).
@@ -66,15 +77,92 @@ def train_tokenizer(
     """
     config.validate()
     features.validate()
-    common.limit_threads()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     train_x, train_mask = constituent_arrays(train, "train")
     val_x, val_mask = constituent_arrays(val, "val")
     if config.train_jets > 0:
         train_x, train_mask = train_x[:config.train_jets], train_mask[:config.train_jets]
     run = {"tokenizer_config": to_dict(config), "feature_config": to_dict(features),
            "train": _fingerprint(train_x, train_mask), "val": _fingerprint(val_x, val_mask)}
+    batch_size = min(config.batch_size, len(train_x))
+    train_counts = train_mask.sum(1)
+
+    def first_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        first = common.epoch_permutation(len(train_x), config.seed, 0)[:batch_size]
+        return _batch(train_x, train_mask, first, device)
+
+    def val_batches(device: torch.device):
+        return (_batch(val_x, val_mask, np.arange(start, min(start + EVAL_BATCH_SIZE, len(val_x))), device)
+                for start in range(0, len(val_x), EVAL_BATCH_SIZE))
+
+    return _fit(config, features, out_dir, run, len(train_x), batch_size,
+                batches=lambda epoch: _epoch_batches(train_counts, batch_size, config.seed, epoch),
+                as_batch=lambda index, device: _batch(train_x, train_mask, index, device),
+                first_batch=first_batch, val_batches=val_batches, progress=progress, device=device,
+                max_epochs_this_call=max_epochs_this_call, presharded=False)
+
+
+def train_tokenizer_streaming(
+    train: Sequence[ShardPart],
+    val: Sequence[ShardPart],
+    config: TokenizerConfig,
+    features: FeatureConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    device: str = "auto",
+    max_epochs_this_call: int | None = None,
+    workers: int | None = None,
+) -> Tokenizer:
+    """:func:`train_tokenizer` on jets streamed from feature shards (:func:`tauml.data.shards.write_feature_shard`;
+    the parts of :func:`tauml.training.streaming.split_parts`): memory does not grow with the number of jets.
+
+    The same model, optimiser, schedule, losses, k-means start, files and resume as in memory.  The epochs differ
+    only in their order: a reproducible shuffle across shards from (seed, epoch)
+    (:class:`~tauml.training.streaming.EpochPlan`), batches of jets of similar length within groups of
+    ``BUCKET_BATCHES`` batches, the last partial batch left out; validation accumulates batch by batch.
+    ``workers``: DataLoader worker processes (default: none on CPU, up to 4 on CUDA with pinned memory).
+    """
+    config.validate()
+    features.validate()
+    if config.train_jets:
+        raise ConfigError(f"train_jets={config.train_jets} limits the in-memory tokenizer training only; streamed, "
+                          "give fewer files (pp_jets_per_sample) or set train_jets=0")
+    n_train, n_val = n_jets(train), n_jets(val)
+    if not n_train or not n_val:
+        raise DataError(f"streamed tokenizer training needs training and validation jets; got {n_train} and {n_val} "
+                        "(give more or larger files)")
+    run = {"tokenizer_config": to_dict(config), "feature_config": to_dict(features), "streaming": True,
+           "train": [p.identity() for p in train], "val": [p.identity() for p in val]}
+    batch_size = min(config.batch_size, n_train)
+    on_cuda = common.select_device(device).type == "cuda"
+    if workers is None:
+        workers = min(4, max(0, len(usable_cores()) - 1)) if on_cuda else 0
+
+    def batches(epoch: int):
+        plan = EpochPlan(train, batch_size, config.seed, epoch, bucket_batches=BUCKET_BATCHES, drop_last=True)
+        return loader(plan, workers=workers, pin_memory=on_cuda)
+
+    def first_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = ShardBatches(EpochPlan(train, batch_size, config.seed, 0))[0]  # a random batch, not bucketed
+        return batch.tokens.to(device), batch.mask.to(device)
+
+    def val_batches(device: torch.device):
+        return ((b.tokens, b.mask) for b in iter_part_batches(val, EVAL_BATCH_SIZE))
+
+    return _fit(config, features, out_dir, run, n_train, batch_size, batches=batches,
+                as_batch=lambda batch, device: (batch.tokens.to(device), batch.mask.to(device)),
+                first_batch=first_batch, val_batches=val_batches, progress=progress, device=device,
+                max_epochs_this_call=max_epochs_this_call, presharded=True)
+
+
+def _fit(config: TokenizerConfig, features: FeatureConfig, out_dir: str | Path, run: dict[str, Any], n_train: int,
+         batch_size: int, batches: Callable[[int], Any], as_batch: Callable[[Any, torch.device], tuple],
+         first_batch: Callable[[torch.device], tuple], val_batches: Callable[[torch.device], Iterable],
+         progress: bool, device: str, max_epochs_this_call: int | None, presharded: bool) -> Tokenizer:
+    """The training both entry points share: ``batches(epoch)`` the epoch's batches, ``as_batch(item, device)``
+    one of them as ``(features, mask)`` tensors, ``first_batch`` the k-means start, ``val_batches`` validation."""
+    common.limit_threads()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     best_path = out_dir / "tokenizer.pt"
     torch_device = common.select_device(device)
     if engine.finished_history(out_dir / STATE_FILE, run, config.epochs, "tokenizer training") is not None:
@@ -84,25 +172,22 @@ def train_tokenizer(
     tokenizer = Tokenizer(config, features).to(torch_device)
     quantizer = tokenizer.vqvae.quantizer
     optimizer = _make_optimizer(tokenizer, config)
-    batch_size = min(config.batch_size, len(train_x))
-    train_counts = train_mask.sum(1)
-    total_steps = len(train_x) // batch_size * config.epochs  # drop_last: k-means and dead codes see full batches
+    total_steps = n_train // batch_size * config.epochs  # drop_last: k-means and dead codes see full batches
     scheduler = common.make_cosine_scheduler(optimizer, total_steps, math.ceil(WARMUP_FRACTION * total_steps),
                                              MIN_LR_FRACTION)
     replaced_before = [0]
 
     def start_epoch(epoch: int) -> None:
         if not bool(quantizer.initialised):  # k-means on a random batch, not a bucket of short jets
-            first = common.epoch_permutation(len(train_x), config.seed, 0)[:batch_size]
-            tokenizer.vqvae.initialise_codebook(*_batch(train_x, train_mask, first, torch_device))
+            tokenizer.vqvae.initialise_codebook(*first_batch(torch_device))
         replaced_before[0] = quantizer.replaced_count
 
-    def step(index: np.ndarray) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        out = tokenizer(*_batch(train_x, train_mask, index, torch_device))
+    def step(item: Any) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        out = tokenizer(*as_batch(item, torch_device))
         return out.loss, 1, out.parts  # count 1: the history averages the (full) batches' mean losses
 
     def validate(model: Tokenizer) -> dict[str, Any]:
-        metrics = evaluate(tokenizer, val_x, val_mask)
+        metrics = evaluate_batches(tokenizer, val_batches(torch_device))
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"the tokenizer's validation loss is {metrics['loss']}: training diverged; "
                                      "lower lr or lower grad_clip")
@@ -114,15 +199,15 @@ def train_tokenizer(
             best = history["epochs"][-1]
             tokenizer.metadata = {"epochs": config.epochs, "best_epoch": best["epoch"] + 1,
                                   "val_loss": best["val_loss"], "utilisation": best["val_utilisation"],
-                                  "perplexity": best["val_perplexity"], "n_train": len(train_x)}
+                                  "perplexity": best["val_perplexity"], "n_train": n_train}
             save_tokenizer(tokenizer, best_path)
         write_json(out_dir / "history.json", epoch_list(history))
 
     engine.Trainer(
         tokenizer, optimizer, scheduler, step=step, validate=validate, epochs=config.epochs, folder=out_dir,
-        batches=lambda epoch: _epoch_batches(train_counts, batch_size, config.seed, epoch),
-        run=run, seed=config.seed, state_file=STATE_FILE, name="tokenizer training", grad_clip=config.grad_clip,
-        unit="batches", on_epoch_start=start_epoch, save=save, progress=progress, data_parallel=False,
+        batches=batches, run=run, seed=config.seed, state_file=STATE_FILE, name="tokenizer training",
+        grad_clip=config.grad_clip, unit="batches", on_epoch_start=start_epoch, save=save, progress=progress,
+        data_parallel=False, presharded=presharded,
         describe=lambda record: _summary(epoch_list({"epochs": [record]})[0]),
     ).fit(max_epochs_this_call)
     return load_tokenizer(best_path, device=torch_device)
@@ -186,6 +271,15 @@ def evaluate(tokenizer: Tokenizer, x: np.ndarray, mask: np.ndarray,
              batch_size: int = EVAL_BATCH_SIZE) -> dict[str, Any]:
     """Losses (means over real constituents), codebook utilisation and perplexity, the std of (decoded - input)
     of the continuous features in transformed units, and charge / particle-type accuracy, in eval mode."""
+    device = tokenizer.device
+    return evaluate_batches(tokenizer, (_batch(x, mask, np.arange(start, min(start + batch_size, len(x))), device)
+                                        for start in range(0, len(x), batch_size)))
+
+
+@torch.no_grad()
+def evaluate_batches(tokenizer: Tokenizer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """:func:`evaluate` accumulated over ``batches`` of ``(features, mask)`` (in memory or streamed from feature
+    shards): the same numbers for the same jets, whatever the batches."""
     was_training = tokenizer.training
     tokenizer.eval()
     device = tokenizer.device
@@ -195,9 +289,8 @@ def evaluate(tokenizer: Tokenizer, x: np.ndarray, mask: np.ndarray,
     residual_sq = torch.zeros(4, dtype=torch.float64)
     charge_right = pid_right = 0
     try:
-        for start in range(0, len(x), batch_size):
-            index = np.arange(start, min(start + batch_size, len(x)))
-            xb, mb = _batch(x, mask, index, device)
+        for xb, mb in batches:
+            xb, mb = xb.to(device), mb.to(device)
             real = int(mb.sum())
             if real == 0:
                 continue
