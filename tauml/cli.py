@@ -46,7 +46,7 @@ from tauml.config import (
     with_data,
 )
 from tauml.evaluation.tasks import headline_metric
-from tauml.utils import error_sentence, is_expected_error
+from tauml.utils import ENV_SCHEDULER, error_sentence, is_expected_error
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -105,9 +105,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          pp_detector=replace(config.pp_detector, realistic=False))
     config.validate()
     if args.out:
-        data = generate(config, args.out, workers=args.workers, progress=not args.quiet)
+        data = generate(config, args.out, workers=args.workers, progress=not args.quiet, scheduler=args.scheduler)
     else:
-        data = generate_cached(config, workers=args.workers, progress=not args.quiet)
+        data = generate_cached(config, workers=args.workers, progress=not args.quiet, scheduler=args.scheduler)
     _print_generation_summary(data)
     return 0
 
@@ -202,6 +202,8 @@ def _preset_of(args: argparse.Namespace, check: bool = True):
     a preset on files resolves and checks them now (tauml.pipeline.data_files), so that missing or malformed data
     stop the command at once, before anything is built."""
     preset = get_preset(with_data(args.preset, getattr(args, "data", None)))
+    if getattr(args, "scheduler", None):  # where the shards of a streamed training are built (tauml.utils.dask_client)
+        os.environ[ENV_SCHEDULER] = args.scheduler
     domain = getattr(args, "tokenizer_on", None)
     if domain is not None and domain != preset.tokenizer.train_on:  # the tokenizer, and all built on it, change
         preset = replace(preset, tokenizer=replace(preset.tokenizer, train_on=domain))
@@ -386,6 +388,15 @@ def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-on", choices=TOKENIZER_DOMAINS,
                         help="the jets the tokenizer learns from: pp (default, as the paper) or ee (every jet of the "
                         "e+e- training files; docs/tokenizer.md); the backbone and the fine-tunings follow it")
+    _scheduler_option(parser, "the feature and token shards of a streamed training (one per input file)")
+
+
+def _scheduler_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--scheduler", metavar="local|local:N|ADDRESS",
+                        help=f"build {what} on dask: local (a LocalCluster, one worker per usable core), local:N "
+                        "(N workers), or a dask scheduler's address such as tcp://host:8786 (an HTCondor or Slurm "
+                        "dask deployment; its workers must see the files and tauml's cache); default: "
+                        "$TAUML_DASK_SCHEDULER, else here")
 
 
 def build_parser() -> argparse.ArgumentParser:

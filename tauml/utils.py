@@ -195,3 +195,46 @@ def error_sentence(err: BaseException) -> str:
     hint = next((ERROR_HINTS[cls.__name__] for cls in type(err).__mro__ if cls.__name__ in ERROR_HINTS),
                 "see the message above")
     return f"{text} — {hint}"
+
+
+#: The dask scheduler that builds shards and generates events when no ``scheduler`` is given (see
+#: :func:`dask_client`); unset: in this process (shards) or a local process pool (generation).
+ENV_SCHEDULER = "TAUML_DASK_SCHEDULER"
+
+
+def dask_scheduler(scheduler: str | None) -> str | None:
+    """``scheduler`` if given, else ``$TAUML_DASK_SCHEDULER``, else None (no dask)."""
+    return scheduler if scheduler is not None else os.environ.get(ENV_SCHEDULER) or None
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str) -> Iterator[Any]:
+    """A ``dask.distributed.Client`` for ``scheduler``, closed (with its cluster) on leaving:
+
+    * ``"local"``: a ``LocalCluster`` with one single-threaded worker process per usable core,
+    * ``"local:N"``: N worker processes (``"local:N:threads"``: N threads in this process),
+    * an address such as ``"tcp://host:8786"``: that scheduler, e.g. an HTCondor or Slurm dask deployment (its
+      workers must see the input files and tauml's cache folder).
+    """
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as err:
+        from tauml.config import ConfigError
+
+        raise ConfigError(f"scheduler={scheduler!r} needs dask.distributed: pip install 'tauml[scale]' (or "
+                          "'dask[distributed]'), or run without a scheduler") from err
+    cluster = None
+    if scheduler == "local" or scheduler.startswith("local:"):
+        parts = scheduler.split(":")
+        workers = len(usable_cores()) if len(parts) == 1 else int(parts[1])
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
+                               processes=not (len(parts) > 2 and parts[2] == "threads"))
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -122,6 +122,26 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert resumed.manifest["samples"]["qq"]["events"] == 90
 
 
+def test_chunks_generated_on_a_two_worker_dask_cluster_equal_the_local_ones(tmp_path):
+    pytest.importorskip("dask.distributed")
+    config = GenerationConfig(events={"qq": 60, "TTBar": 40}, seed=4, chunk_events=20)
+    local = generate(config, tmp_path / "local", workers=1, progress=False)
+    # one chunk done before: the dask run resumes from it and generates only the others
+    first = chunk_tasks(config)[0]
+    (tmp_path / "dask").mkdir()
+    (tmp_path / "dask" / ".tauml-generation.json").write_text((local.root / ".tauml-generation.json").read_text())
+    run_chunk(first, config, str(tmp_path / "dask"))
+    done_first = (tmp_path / "dask" / "chunks" / first.sample / f"done_{first.chunk:05d}.json").stat().st_mtime_ns
+    on_dask = generate(config, tmp_path / "dask", progress=False, scheduler="local:2")
+    assert on_dask.manifest["workers"] == "dask local:2"
+    assert (tmp_path / "dask" / "chunks" / first.sample / f"done_{first.chunk:05d}.json").stat().st_mtime_ns == \
+        done_first
+    for split in ("train", "test"):
+        assert ak.array_equal(read_fuure(local.fuure("qq", split)), read_fuure(on_dask.fuure("qq", split)))
+    for a, b in zip(local.jetclass("TTBar"), on_dask.jetclass("TTBar"), strict=True):
+        assert ak.array_equal(read_jetclass(a), read_jetclass(b))
+
+
 def test_refuses_to_write_into_a_foreign_or_different_folder(tmp_path):
     mine = tmp_path / "notes"
     mine.mkdir()

@@ -9,7 +9,9 @@
 
 Work is split in chunks of ``config.chunk_events`` events; each chunk has its own Pythia seed and detector
 random stream (so results do not depend on the number of workers), runs in a worker process, and is
-written as soon as it is done: an interrupted run resumes with the chunks that are missing.
+written as soon as it is done: an interrupted run resumes with the chunks that are missing.  The chunks run in a
+local process pool, or on dask (``scheduler="local"``, ``"local:N"`` or a cluster's address, or
+``$TAUML_DASK_SCHEDULER``; :func:`tauml.utils.dask_client`), chunk by chunk, with the same result.
 ``generate_cached(config)`` keeps the result in the cache, named by the configuration's hash.
 """
 
@@ -45,7 +47,7 @@ from tauml.data.detector import Candidates, simulate_ee, simulate_pp
 from tauml.data.pythia import SAMPLE_INDEX, GenEvents, generate_batch, pythia_seed
 from tauml.data.schema import FUURE_ROW_GROUP_SIZE, JETCLASS_LABELS, JETCLASS_TREE, DataError
 from tauml.data.truth import DM_LEPTONIC, decay_mode_from_products, last_copy_taus, tau_decay_products
-from tauml.utils import die_with_parent, parallel_workers, releases_memory
+from tauml.utils import dask_client, dask_scheduler, die_with_parent, parallel_workers, releases_memory
 from tauml.utils import progress as progress_bar
 
 #: Reco and generator jets below this pT are not written (GeV); the tau tasks select 5 to 20 GeV and above.
@@ -663,21 +665,25 @@ def _chunk_done(out_dir: Path, task: ChunkTask) -> bool:
 
 
 def generate(config: GenerationConfig, out_dir: str | os.PathLike[str], workers: int | None = None,
-             progress: bool = True) -> GeneratedData:
+             progress: bool = True, scheduler: str | None = None) -> GeneratedData:
     """Generate (or finish generating) the dataset of ``config`` in ``out_dir``; see the module docstring.
 
     Two runs into the same folder are serialised by a lock (the second finds the first one's result); a
     finished dataset whose files no longer match its manifest (truncated, replaced, deleted) is generated again.
+    ``scheduler`` (or ``$TAUML_DASK_SCHEDULER``): run the chunks on dask (:func:`tauml.utils.dask_client`:
+    ``"local"``, ``"local:N"`` or a scheduler's address, whose workers must see ``out_dir``) instead of a local
+    process pool of ``workers``; the chunks are the same either way (each has its own seed).
     """
     config.validate()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, config)
     with locked(out_dir):
-        return _verified(out_dir) or _generate(config, out_dir, workers, progress)
+        return _verified(out_dir) or _generate(config, out_dir, workers, progress, dask_scheduler(scheduler))
 
 
 @releases_memory
-def _generate(config: GenerationConfig, out_dir: Path, workers: int | None, progress: bool) -> GeneratedData:
+def _generate(config: GenerationConfig, out_dir: Path, workers: int | None, progress: bool,
+              scheduler: str | None = None) -> GeneratedData:
     _check_out_dir(out_dir, config)  # writes the state file again if a rebuild cleared the folder
     tasks = chunk_tasks(config)
     todo = [t for t in tasks if not _chunk_done(out_dir, t)]
@@ -690,7 +696,18 @@ def _generate(config: GenerationConfig, out_dir: Path, workers: int | None, prog
     bar = progress_bar(total=sum(t.n_events for t in tasks), initial=sum(t.n_events for t in tasks) - sum(
         t.n_events for t in todo), desc="generating events", unit="ev", disable=not progress or None, leave=True)
     try:
-        if workers == 1 or len(todo) <= 1:
+        if scheduler and todo:
+            with dask_client(scheduler) as client:
+                from dask.distributed import as_completed
+
+                futures = {client.submit(run_chunk, task, config, str(out_dir), pure=False): task for task in todo}
+                for future in as_completed(futures):
+                    future.result()  # a failed chunk raises here; the finished ones are kept (resumable)
+                    task = futures[future]
+                    bar.update(task.n_events)
+                    bar.set_postfix_str(f"{task.sample} chunk {task.chunk}")
+            workers = f"dask {scheduler}"
+        elif workers == 1 or len(todo) <= 1:
             for task in todo:
                 run_chunk(task, config, str(out_dir))
                 bar.update(task.n_events)
@@ -767,15 +784,17 @@ def _merge(out_dir: Path, config: GenerationConfig, tasks: list[ChunkTask]) -> d
             "hash": config_hash(config, DATA_FORMAT_VERSION)}
 
 
-def generate_cached(config: GenerationConfig, workers: int | None = None, progress: bool = True) -> GeneratedData:
-    """The dataset of ``config`` from tauml's cache, generated first if missing (see :mod:`tauml.cache`)."""
+def generate_cached(config: GenerationConfig, workers: int | None = None, progress: bool = True,
+                    scheduler: str | None = None) -> GeneratedData:
+    """The dataset of ``config`` from tauml's cache, generated first if missing (see :mod:`tauml.cache`; ``workers``
+    and ``scheduler`` as :func:`generate`)."""
     config.validate()
     folder = cache_path("data", config_hash(config, DATA_FORMAT_VERSION), create=False)
     if (folder / MANIFEST).exists() and entry_problem(folder / MANIFEST) is None:
         return GeneratedData(folder, read_json(folder / MANIFEST))
     folder.parent.mkdir(parents=True, exist_ok=True)
     with locked(folder.parent / f".{folder.name}-lock"):
-        return generate(config, folder, workers, progress)
+        return generate(config, folder, workers, progress, scheduler)
 
 
 __all__ = ["GeneratedData", "find_taus", "generate", "generate_cached", "process_ee", "process_pp", "process_pp_events",

@@ -37,10 +37,8 @@ from tauml.data.shards import (
     write_feature_shard,
     write_shard,
 )
+from tauml.utils import dask_client, dask_scheduler
 from tauml.utils import progress as progress_bar
-from tauml.utils import usable_cores
-
-ENV_SCHEDULER = "TAUML_DASK_SCHEDULER"
 
 
 def file_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -87,23 +85,6 @@ def build_file_shard(file: str, folder: str, tokenizer_path: str, tokenizer_sha2
             entry = write_shard(path, ((t.numpy(), m.numpy()) for t, m in chunks), tokenizer.vocab_size,
                                 max_constituents + 2, built_from=built_from, source=str(file))
     return entry["n_jets"]
-
-
-def _client(scheduler: str):
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError as err:
-        raise DataError("building shards on dask needs dask.distributed: pip install 'tauml[scale]' (or "
-                        "'dask[distributed]'), or leave scheduler=None to build them in this process") from err
-    if scheduler == "local":
-        cluster = LocalCluster(n_workers=len(usable_cores()), threads_per_worker=1, dashboard_address=None)
-        return Client(cluster), cluster
-    if scheduler.startswith("local:"):  # local:N[:threads] e.g. local:2:threads for a cluster of threads
-        parts = scheduler.split(":")
-        cluster = LocalCluster(n_workers=int(parts[1]), threads_per_worker=1, dashboard_address=None,
-                               processes=not (len(parts) > 2 and parts[2] == "threads"))
-        return Client(cluster), cluster
-    return Client(scheduler), None
 
 
 def token_shards(preset: str | Preset, files: Sequence[str | os.PathLike[str]], progress: bool = True,
@@ -175,23 +156,18 @@ def _build_all(files: Sequence[str | os.PathLike[str]], folders: list[str], buil
     if not files:
         raise DataError("no input files to tokenize")
     todo = [i for i, folder in enumerate(folders) if shard_problem(folder, built_from) is not None]
-    scheduler = scheduler if scheduler is not None else os.environ.get(ENV_SCHEDULER) or None
+    scheduler = dask_scheduler(scheduler)
     bar = progress_bar(total=len(files), initial=len(files) - len(todo), desc=desc, unit="file",
                        **({} if progress else {"disable": True}))
     try:
         if todo and scheduler:
-            client, cluster = _client(scheduler)
-            try:
+            with dask_client(scheduler) as client:
                 from dask.distributed import as_completed
 
                 futures = [client.submit(build_one, str(files[i]), folders[i], *args, pure=False) for i in todo]
                 for future in as_completed(futures):
                     future.result()  # a failed file raises here, naming it
                     bar.update(1)
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
         else:
             for i in todo:
                 build_one(str(files[i]), folders[i], *args)
