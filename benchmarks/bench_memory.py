@@ -14,6 +14,8 @@ small (:data:`SMALL_GPT`, :data:`SMALL_TOKENIZER`: it is about the data path's m
 * ``imports``: the floor every step starts from (Python, torch, tauml's modules; no data),
 * ``tokenize``: the pp files into token shards (chunked reading, float32 features per chunk, one shard per file),
 * ``tokenizer``: VQ-VAE tokenizer training (the demo's settings, ``--epochs``), on all pp jets in memory,
+* ``tokenizer-stream``: the same training streamed from feature shards (``TokenizerConfig.streaming``; the shards
+  are built in the step: reading, float32 features per chunk, one shard per file),
 * ``pretrain-stream``: GPT pretraining streamed from the shards (``PretrainConfig.streaming``),
 * ``pretrain-memory``: the same pretraining with all tokens padded in memory (today's default path),
 * ``finetune``: the from-scratch decay-mode model on all replicated ``z`` training jets, in memory.
@@ -37,7 +39,7 @@ from pathlib import Path
 #: Small models: the benchmark is about the data path's memory, not about physics.
 SMALL_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 32, "ffn_dim": 64}
 SMALL_TOKENIZER = {"hidden_dim": 32, "n_blocks": 1, "n_heads": 2}
-STEPS = ("imports", "tokenize", "tokenizer", "pretrain-stream", "pretrain-memory", "finetune")
+STEPS = ("imports", "tokenize", "tokenizer", "tokenizer-stream", "pretrain-stream", "pretrain-memory", "finetune")
 
 
 def _peak_mb() -> float:
@@ -82,10 +84,12 @@ def limit_batches(max_batches: int) -> None:
 
     original_batches, original_bucketed = common.batches, common.bucketed_batches
     original_loader, original_epoch = pretrain_stream.loader, tokenizer._epoch_batches
+    original_tokenizer_loader = tokenizer.loader
     common.batches = lambda *a, **k: itertools.islice(original_batches(*a, **k), max_batches)
     common.bucketed_batches = lambda *a, **k: original_bucketed(*a, **k)[:max_batches]
     pretrain_stream.loader = lambda *a, **k: Limited(original_loader(*a, **k))
     tokenizer._epoch_batches = lambda *a, **k: original_epoch(*a, **k)[:max_batches]
+    tokenizer.loader = lambda *a, **k: Limited(original_tokenizer_loader(*a, **k))
 
 
 def child(step: str, folder: Path, epochs: int, max_batches: int = 0) -> dict:
@@ -133,6 +137,18 @@ def child(step: str, folder: Path, epochs: int, max_batches: int = 0) -> dict:
         record = json.loads((out / "history.json").read_text())[-1]
         shutil.rmtree(out, ignore_errors=True)
         result.update(jets=len(jets), jets_per_s=record["jets_per_s"])
+    elif step == "tokenizer-stream":
+        from tauml.pipeline.shards import feature_shards
+        from tauml.training.tokenizer import train_tokenizer_streaming
+
+        shards = feature_shards(files, preset.features, preset.features.max_constituents_jetclass, progress=False)
+        train, val = split_parts(shards, 0.1, 1)
+        config = replace_(preset.tokenizer, epochs=epochs, streaming=True, **SMALL_TOKENIZER)
+        out = folder / f"tok-stream-{os.getpid()}"
+        train_tokenizer_streaming(train, val, config, preset.features, out, progress=False, device="cpu")
+        record = json.loads((out / "history.json").read_text())[-1]
+        shutil.rmtree(out, ignore_errors=True)
+        result.update(jets=sum(len(s) for s in shards), jets_per_s=record["jets_per_s"])
     elif step.startswith("pretrain"):
         shards = build_shards(files, *tok_args, progress=False)
         config = replace_(preset.pretrain, epochs=epochs, device="cpu", streaming=step == "pretrain-stream")

@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint", action="store_true", help="the joint analysis's event samples instead (notebook 06)")
     p.add_argument("--out", help="output folder (default: tauml's cache, by configuration)")
     p.add_argument("--workers", type=int, help="worker processes (default: all usable cores)")
+    _scheduler_option(p, "the chunks of events (instead of --workers processes here)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("fetch", help="download a real dataset file listed in data_manifest.yaml")

@@ -281,3 +281,25 @@ def test_generated_data_keep_their_cache_keys():
     assert pipeline.tokenizer_key(with_data("demo", "generated")) == pipeline.tokenizer_key("demo")
     # a cap on the pp jets is a new key
     assert pipeline.pp_data_key(replace(demo, pp_jets_per_sample=1000)) != pipeline.pp_data_key(demo)
+
+
+def test_a_folder_tauml_generated_names_the_cached_results_of_that_generated_data(tiny_preset, tiny_dataset,
+                                                                                  tmp_path):
+    """`tauml generate --out DIR` of a dataset in the cache copies it (verified); --data DIR is then that
+    generated dataset, read from DIR under the same keys; once a file changes it is other data."""
+    from tauml.data.generate import generate
+
+    out = generate(tiny_preset.generation, tmp_path / "copy", progress=False)
+    assert out.root == tmp_path / "copy" and not (out.root / "chunks").exists()  # copied, not generated
+    assert set(out.manifest["files"]) == set(tiny_dataset.manifest["files"])
+    on_files = with_data(tiny_preset, str(out.root))
+    assert resolve(str(out.root)).generated_key == pipeline.data_key(tiny_preset)
+    assert pipeline.data_key(on_files) == pipeline.data_key(tiny_preset)
+    assert pipeline.tokenizer_key(on_files) == pipeline.tokenizer_key(tiny_preset)
+    assert pipeline.tau_data_key(on_files) is None and pipeline.model_key(on_files) == pipeline.model_key(tiny_preset)
+    assert str(pipeline.data_files(on_files).fuure_files("z", "train")[0]).startswith(str(out.root))
+    with open(out.root / "fuure" / "z_test.parquet", "ab") as handle:  # another file: other data, other keys
+        handle.write(b"\0")
+    assert resolve(str(out.root)).generated_key is None
+    assert pipeline.data_key(on_files) != pipeline.data_key(tiny_preset)
+    assert pipeline.tau_data_key(on_files) is not None

@@ -79,13 +79,16 @@ class DataFiles:
     ``fuure[(sample, split)]``: the Fu(tau)ure files of ``z``/``zh``/``qq`` and ``train``/``test``, in name order.
     ``jetclass[(sample, split)]``: the JetClass files of a class and ``train``/``val``/``test``, or ``""`` for
     files in no split folder, in number order.  ``root``: the folder the files were found in (their common
-    folder), for messages.  ``source``: the source as given.
+    folder), for messages.  ``source``: the source as given.  ``generated_key``: for a folder that ``tauml
+    generate`` wrote (:func:`generated_dataset_key`), the key of that generated dataset, so that it names the same
+    cached results as the generated data it is (else None).
     """
 
     source: str
     root: Path
     fuure: dict[tuple[str, str], tuple[Path, ...]] = field(default_factory=dict)
     jetclass: dict[tuple[str, str], tuple[Path, ...]] = field(default_factory=dict)
+    generated_key: str | None = None
 
     # -- what a step asks for ----------------------------------------------------------------------------
 
@@ -377,7 +380,33 @@ def resolve(source: str, fetched_dir: str | os.PathLike[str] | None = None) -> D
                                     f"in the released layouts ({FUURE_LAYOUT}; {JETCLASS_LAYOUT}), 'files' for what "
                                     "`tauml fetch` stored, or 'generated'")
                 roots.append((path if path.is_dir() else path.parent, _walk(path) if path.is_dir() else [path]))
-    return _classify(source, roots)
+    found = _classify(source, roots)
+    if source != FETCHED and os.pathsep not in source and not _glob_chars(source):
+        found.generated_key = generated_dataset_key(os.path.expanduser(source))
+    return found
+
+
+def generated_dataset_key(folder: str | os.PathLike[str]) -> str | None:
+    """The key of the generated dataset in ``folder`` (:func:`tauml.pipeline.data_key` of its generation settings)
+    when ``tauml generate`` wrote it there, or it is a copy of one: its ``manifest.json`` names the settings and
+    vouches for every data file (size, modification time, else SHA-256: :func:`tauml.cache.entry_problem`).  None
+    for any other folder, or when a file differs from what the manifest recorded (then it is other data)."""
+    from tauml.cache import DATA_FORMAT_VERSION, CacheError, entry_problem, read_json
+    from tauml.config import ConfigError, GenerationConfig, config_hash, from_dict
+
+    manifest = Path(folder) / "manifest.json"  # tauml.data.generate.MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        entry = read_json(manifest)
+        if not (isinstance(entry, dict) and entry.get("format_version") == DATA_FORMAT_VERSION and entry.get("files")):
+            return None
+        key = config_hash(from_dict(GenerationConfig, entry["config"]), DATA_FORMAT_VERSION)
+    except (CacheError, ConfigError, KeyError, TypeError, ValueError):
+        return None
+    if key != entry.get("hash") or entry_problem(manifest) is not None:
+        return None
+    return key
 
 
 def _classify(source: str, roots: list[tuple[Path, list[Path]]]) -> DataFiles:

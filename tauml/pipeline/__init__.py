@@ -316,7 +316,7 @@ def tokenizer_data_key(preset: str | Preset) -> str:
     p = _preset(preset)
     if p.tokenizer.train_on == "pp":
         return pp_data_key(p)
-    return data_key(p) if p.data == GENERATED else config_hash({"ee": tau_data_key(p)})
+    return data_key(p) if _generated_key(p) is not None else config_hash({"ee": tau_data_key(p)})
 
 
 def cache_key_path(kind: str, *parts: object) -> Path:
@@ -352,14 +352,24 @@ def detector_study(preset: str | Preset = "demo", events: int = DETECTOR_STUDY_E
 
 
 def data_key(preset: str | Preset) -> str:
-    """Hash naming the data of a preset: its generation settings and the format (generated data), or the
-    identity of its files (paths, sizes, modification times: :meth:`DataFiles.identity`), so that a changed,
+    """Hash naming the data of a preset: its generation settings and the format (generated data, or a folder that
+    ``tauml generate`` wrote, verified against its manifest: :func:`tauml.data.sources.generated_dataset_key`), or
+    the identity of its files (paths, sizes, modification times: :meth:`DataFiles.identity`), so that a changed,
     added or removed file names new results."""
 
     p = _preset(preset)
+    generated = _generated_key(p)
+    if generated is not None:
+        return generated
+    return config_hash({"files": _resolved(p).identity()}, DATA_FORMAT_VERSION)
+
+
+def _generated_key(p: Preset) -> str | None:
+    """The key of the generated dataset the preset reads: its own generated data, or a folder of generated data
+    (a copy, or ``tauml generate --out``); None for other files."""
     if p.data == GENERATED:
         return config_hash(p.generation, DATA_FORMAT_VERSION)
-    return config_hash({"files": _resolved(p).identity()}, DATA_FORMAT_VERSION)
+    return _resolved(p).generated_key
 
 
 def pp_data_key(preset: str | Preset) -> str:
@@ -368,7 +378,7 @@ def pp_data_key(preset: str | Preset) -> str:
     Fu(tau)ure, validation or test file does not retrain the tokenizer); with ``pp_jets_per_sample`` when set."""
 
     p = _preset(preset)
-    if p.data == GENERATED:
+    if _generated_key(p) is not None:
         key = data_key(p)
     else:
         try:
@@ -386,7 +396,7 @@ def tau_data_key(preset: str | Preset) -> str | None:
     :func:`data_key` already names them)."""
 
     p = _preset(preset)
-    return None if p.data == GENERATED else config_hash({"fuure": _resolved(p).identity(pp=False)})
+    return None if _generated_key(p) is not None else config_hash({"fuure": _resolved(p).identity(pp=False)})
 
 
 def tokenizer_key(preset: str | Preset) -> str:

@@ -31,6 +31,8 @@ from tauml.data.shards import FEATURES_FILE, OFFSETS_FILE, TOKENS_FILE, TokenSha
 WINDOW_JETS = 1_000_000
 #: Jets per batch when a whole set is evaluated.
 EVAL_BATCH = 1024
+#: Memory maps are dropped after this many batches (see _Opened).
+RELEASE_BATCHES = 32
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,23 @@ def whole_parts(shards: Sequence[TokenShard]) -> list[ShardPart]:
 
 
 class _Opened:
-    """Memory-mapped shards by folder, opened once per process (a DataLoader worker opens its own)."""
+    """Memory-mapped shards by folder, opened once per process (a DataLoader worker opens its own).
+
+    The pages a memory map has read count as this process's resident memory until it is unmapped, so after every
+    ``RELEASE_BATCHES`` batches (:meth:`batch_done`) the maps are dropped and reopened on demand: resident memory
+    stays bounded by what that many batches touch, however many jets the shards hold (the pages stay in the
+    operating system's file cache, so reading them again is cheap).
+    """
 
     def __init__(self) -> None:
         self._open: dict[Path, TokenShard] = {}
+        self._batches = 0
+
+    def batch_done(self) -> None:
+        self._batches += 1
+        if self._batches >= RELEASE_BATCHES:
+            self._open.clear()
+            self._batches = 0
 
     def __call__(self, folder: Path) -> TokenShard:
         if folder not in self._open:
@@ -221,6 +236,7 @@ class ShardBatches(Dataset):
     def __getitem__(self, b: int) -> TokenBatch:
         ids, rows = self.plan.batch(b, self.rank, self.world_size)
         tokens, mask = gather(self.plan.parts, ids, rows, self._opened)
+        self._opened.batch_done()
         return TokenBatch(torch.from_numpy(tokens), torch.from_numpy(mask))
 
     def __getstate__(self) -> dict:  # a worker started by spawn opens its own memory maps
@@ -239,9 +255,9 @@ def iter_part_batches(parts: Sequence[ShardPart], batch_size: int) -> Iterator[T
     opened = _Opened()
     for part in parts:
         rows = part.rows()
-        shard = opened(part.folder)
         for start in range(0, len(rows), batch_size):
-            tokens, mask = shard.batch(rows[start:start + batch_size])
+            tokens, mask = opened(part.folder).batch(rows[start:start + batch_size])
+            opened.batch_done()
             yield TokenBatch(torch.from_numpy(tokens), torch.from_numpy(mask))
 
 
