@@ -17,7 +17,7 @@ from tauml.data import shards as shard_format
 from tauml.data.chunks import iter_jet_chunks
 from tauml.data.features import JetArrays, jet_arrays
 from tauml.data.readers import read_jetclass
-from tauml.data.shards import ShardError, open_shard, shard_problem, write_shard
+from tauml.data.shards import ShardError, ShardReader, open_shard, shard_problem, write_shard
 from tauml.models import vqvae
 from tauml.training.pretrain_stream import pretrain_streaming, unigram_perplexity_stream
 from tauml.training.streaming import EpochPlan, ShardBatches, split_parts, whole_parts
@@ -57,6 +57,9 @@ def test_a_shard_gives_back_the_padded_tokens_it_was_written_from(random_shards)
         batch_tokens, batch_mask = shard.batch(rows)  # padded to the longest of the batch only
         width = int(mask[rows].sum(1).max())
         assert np.array_equal(batch_tokens, tokens[rows, :width]) and np.array_equal(batch_mask, mask[rows, :width])
+        read_tokens, read_mask = ShardReader(shard.folder).batch(rows)  # the same by positioned reads
+        assert np.array_equal(read_tokens, batch_tokens) and read_tokens.dtype == np.int64
+        assert np.array_equal(read_mask, batch_mask)
 
 
 def test_a_truncated_or_altered_shard_is_refused_with_the_folder_to_delete(random_shards):
@@ -229,6 +232,10 @@ def test_a_feature_shard_gives_back_the_padded_features_it_was_written_from(tiny
     batch, batch_mask = shard.batch(rows)
     width = int(jets.mask[rows].sum(1).max())
     assert np.array_equal(batch, jets.features[rows, :width]) and np.array_equal(batch_mask, jets.mask[rows, :width])
+    reader = ShardReader(tmp_path / "f")  # positioned reads give what the memory map gives
+    for got, want in zip(reader.batch(rows, 128), shard.batch(rows, 128)):
+        assert np.array_equal(got, want) and got.dtype == want.dtype
+    reader.close()
     offsets = np.load(tmp_path / "f" / "offsets.npy")  # an altered offsets file is refused
     offsets[1] += 1
     np.save(tmp_path / "f" / "offsets.npy", offsets)

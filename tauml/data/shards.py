@@ -19,6 +19,7 @@ formed (:meth:`TokenShard.batch`), to its longest sequence.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,62 @@ class TokenShard:
     def padded(self) -> tuple[np.ndarray, np.ndarray]:
         """All sequences padded to ``slots`` (the layout of ``Tokenizer.tokenize``); for small shards only."""
         return self.batch(np.arange(len(self)), self.slots)
+
+
+class _NpyFile:
+    """A plain ``.npy`` file read by positioned reads (``os.pread``) of byte ranges: unlike a memory map, what is
+    read does not stay mapped into this process (it stays in the operating system's file cache)."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            shape, _, self.dtype = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
+                                    else np.lib.format.read_array_header_2_0(handle))
+            self.header = handle.tell()
+        self.row_shape = tuple(shape[1:])
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (a copy)."""
+        data = os.pread(self.fd, (stop - start) * self.row_bytes, self.header + start * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(-1, *self.row_shape)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class ShardReader:
+    """Rows of one (verified) shard read by positioned reads: what :class:`TokenShard.batch` gives, while this
+    process's resident memory does not grow with the rows read (a memory map's faults map whole neighbourhoods of
+    pages into the process: for random jets of large feature shards, tens of KB a jet).  For streamed batches."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.values = _NpyFile(folder / (TOKENS_FILE if (folder / TOKENS_FILE).exists() else FEATURES_FILE))
+        self.offsets = _NpyFile(folder / OFFSETS_FILE)
+
+    def batch(self, rows: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`TokenShard.batch`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        bounds = [self.offsets.rows(int(r), int(r) + 2) for r in rows]
+        lengths = np.array([int(b[1] - b[0]) for b in bounds], np.int64)
+        width = int(lengths.max(initial=0)) if width is None else width
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        values = np.zeros((len(rows), width, *self.values.row_shape),
+                          np.float32 if self.values.row_shape else np.int64)  # PAD = 0
+        for i, b in enumerate(bounds):
+            values[i, :lengths[i]] = self.values.rows(int(b[0]), int(b[1]))
+        return values, mask
+
+    def close(self) -> None:
+        self.values.close()
+        self.offsets.close()
 
 
 def shard_problem(folder: str | Path, built_from: dict[str, Any] | None = None) -> str | None:

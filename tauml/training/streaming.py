@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tauml.data.shards import FEATURES_FILE, OFFSETS_FILE, TOKENS_FILE, TokenShard
+from tauml.data.shards import OFFSETS_FILE, ShardReader, TokenShard
 
 #: Jets shuffled together in one window of an epoch (~16 MB of indices); the demo's pp jets fit in one window.
 WINDOW_JETS = 1_000_000
 #: Jets per batch when a whole set is evaluated.
 EVAL_BATCH = 1024
-#: Memory maps are dropped after this many batches (see _Opened).
+#: Shard files are closed after this many batches (see _Opened).
 RELEASE_BATCHES = 32
 
 
@@ -85,31 +85,27 @@ def whole_parts(shards: Sequence[TokenShard]) -> list[ShardPart]:
 
 
 class _Opened:
-    """Memory-mapped shards by folder, opened once per process (a DataLoader worker opens its own).
-
-    The pages a memory map has read count as this process's resident memory until it is unmapped, so after every
-    ``RELEASE_BATCHES`` batches (:meth:`batch_done`) the maps are dropped and reopened on demand: resident memory
-    stays bounded by what that many batches touch, however many jets the shards hold (the pages stay in the
-    operating system's file cache, so reading them again is cheap).
-    """
+    """Shard readers by folder (:class:`~tauml.data.shards.ShardReader`: positioned reads, so that resident memory
+    does not grow with the jets read), opened once per process (a DataLoader worker opens its own) and closed after
+    every ``RELEASE_BATCHES`` batches (:meth:`batch_done`), so that the open files stay few however many shards
+    there are."""
 
     def __init__(self) -> None:
-        self._open: dict[Path, TokenShard] = {}
+        self._open: dict[Path, ShardReader] = {}
         self._batches = 0
+
+    def __call__(self, folder: Path) -> ShardReader:
+        if folder not in self._open:
+            self._open[folder] = ShardReader(folder)
+        return self._open[folder]
 
     def batch_done(self) -> None:
         self._batches += 1
         if self._batches >= RELEASE_BATCHES:
+            for reader in self._open.values():
+                reader.close()
             self._open.clear()
             self._batches = 0
-
-    def __call__(self, folder: Path) -> TokenShard:
-        if folder not in self._open:
-            values_file = TOKENS_FILE if (folder / TOKENS_FILE).exists() else FEATURES_FILE  # (verified before)
-            tokens = np.load(folder / values_file, mmap_mode="r", allow_pickle=False)
-            offsets = np.load(folder / OFFSETS_FILE, mmap_mode="r", allow_pickle=False)
-            self._open[folder] = TokenShard(folder, tokens, offsets, 0, 0, "")
-        return self._open[folder]
 
 
 def gather(parts: Sequence[ShardPart], part_ids: np.ndarray, rows: np.ndarray, opened: _Opened
@@ -172,11 +168,11 @@ class EpochPlan:
         """Positions of a shuffled window reordered so that batches hold jets of similar length (as
         :func:`tauml.training.common.bucketed_batches` in memory): groups of ``bucket_batches`` batches sorted by
         length and cut into batches, whose order in the window is then shuffled; a partial batch stays last."""
-        opened = _Opened()
         lengths = np.empty(len(rows), np.int64)
         for pid in np.unique(part_ids):
             where = np.flatnonzero(part_ids == pid)
-            lengths[where] = opened(self.parts[int(pid)].folder).lengths(rows[where])
+            offsets = np.load(self.parts[int(pid)].folder / OFFSETS_FILE, mmap_mode="r", allow_pickle=False)
+            lengths[where] = offsets[rows[where] + 1] - offsets[rows[where]]
         group, size = self.bucket_batches * self.batch_size, self.batch_size
         full = len(rows) - len(rows) % size
         blocks = []
