@@ -18,7 +18,9 @@ small (:data:`SMALL_GPT`, :data:`SMALL_TOKENIZER`: it is about the data path's m
   are built in the step: reading, float32 features per chunk, one shard per file),
 * ``pretrain-stream``: GPT pretraining streamed from the shards (``PretrainConfig.streaming``),
 * ``pretrain-memory``: the same pretraining with all tokens padded in memory (today's default path),
-* ``finetune``: the from-scratch decay-mode model on all replicated ``z`` training jets, in memory.
+* ``finetune``: the from-scratch decay-mode model on all replicated ``z`` training jets, in memory,
+* ``finetune-2000``: the same on 2,000 of them (the demo's training size: the files are still read whole, as
+  ``pipeline.tau_jets`` does).
 
 Inputs come from tauml's cache (the demo's data and tokenizer; built with ``tauml prepare`` first).  Writes go to
 a private cache under OUT (the demo's entries are linked, not copied).  Prints a Markdown table.
@@ -39,7 +41,8 @@ from pathlib import Path
 #: Small models: the benchmark is about the data path's memory, not about physics.
 SMALL_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 32, "ffn_dim": 64}
 SMALL_TOKENIZER = {"hidden_dim": 32, "n_blocks": 1, "n_heads": 2}
-STEPS = ("imports", "tokenize", "tokenizer", "tokenizer-stream", "pretrain-stream", "pretrain-memory", "finetune")
+STEPS = ("imports", "tokenize", "tokenizer", "tokenizer-stream", "pretrain-stream", "pretrain-memory", "finetune",
+         "finetune-2000")
 
 
 def _peak_mb() -> float:
@@ -169,7 +172,7 @@ def child(step: str, folder: Path, epochs: int, max_batches: int = 0) -> dict:
         last = history["epochs"][-1]
         result.update(jets=history["n_train_jets"] + history["n_val_jets"], tokens_per_s=last["tokens_per_s"],
                       jets_per_s=last["jets_per_s"])
-    elif step == "finetune":
+    elif step in ("finetune", "finetune-2000"):
         from tauml.models.tau import build_tau_model
         from tauml.training.finetune import tau_inputs, train_tau_model
 
@@ -179,8 +182,9 @@ def child(step: str, folder: Path, epochs: int, max_batches: int = 0) -> dict:
         from tauml.models.checkpoints import load_tokenizer
 
         tokenizer = load_tokenizer(tok_args[0])
+        train_size = len(jets) - 500 if step == "finetune" else 2000  # all jets, or the demo's 2,000 of them
         config = FinetuneConfig(task="dm", strategy="from_scratch", epochs=epochs, batch_size=64, device="cpu",
-                                train_size=len(jets) - 500, val_size=500)
+                                train_size=train_size, val_size=500)
         split = pipeline.train_val_split(jets, config.train_size, config.val_size)
         inputs = {}
         for name, part in (("train", split.train), ("val", split.val)):

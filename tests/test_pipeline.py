@@ -86,6 +86,34 @@ def test_every_strategy_and_baseline_trains_and_is_evaluated(tiny_preset, built,
         assert cached.metrics == result.metrics and cached.folder == result.folder
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_the_test_jets_in_chunks_are_the_test_jets_and_give_the_same_metrics(tiny_preset, built, task):
+    from tauml.cache import plain
+    from tauml.evaluation.metrics import evaluate_task
+    from tauml.evaluation.references import (
+        metrics_from_predictions,
+        no_learning_reference,
+        prediction_arrays,
+        reference_from_predictions,
+    )
+
+    whole = pipeline.tau_jets(tiny_preset, task, "test")
+    chunks = list(pipeline.iter_tau_jets(tiny_preset, task, "test", chunk_jets=40))
+    assert len(chunks) > 1 and sum(len(c) for c in chunks) == len(whole)
+    together = chunks[0].concatenate(chunks)
+    for name in ("features", "mask", "jet_pt", "is_tau", "dm", "gen_vis_pt"):
+        assert np.array_equal(getattr(together, name), getattr(whole, name), equal_nan=name == "gen_vis_pt"), name
+    # metrics from the prediction arrays equal those from the jets (any predictions will do)
+    rng = np.random.default_rng(3)
+    predictions = {"id": rng.random(len(whole)), "reg": rng.normal(0, 0.1, len(whole)),
+                   "dm": rng.dirichlet(np.ones(6), len(whole))}[task]
+    arrays = prediction_arrays(task, predictions, whole)
+    assert plain(metrics_from_predictions(task, arrays)) == plain(evaluate_task(task, predictions, whole))
+    assert plain(reference_from_predictions(task, arrays)) == plain(no_learning_reference(task, whole))
+    with pytest.raises(ValueError, match="test split only"):
+        next(pipeline.iter_tau_jets(tiny_preset, task, "train"))
+
+
 def _backbone_tensors(result_folder):
     state = torch.load(result_folder / MODEL_FILE, weights_only=True)
     return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}

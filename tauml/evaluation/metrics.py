@@ -335,20 +335,27 @@ def evaluate_task(task: str, outputs: np.ndarray, arrays: JetArrays) -> dict[str
         raise ValueError(f"outputs have {outputs.shape[0]} rows but there are {len(arrays)} jets")
     taus = np.asarray(arrays.is_tau) == 1
     if task == "id":
-        scores = outputs.reshape(len(arrays))
-        misid = misid_at_efficiency(scores, arrays.is_tau, 0.8)
-        n_background = int((~taus).sum())
-        return {"auc": auc(scores, arrays.is_tau), "misid_at_80": misid,
-                "misid_at_80_stat": misid_statistical_error(misid, n_background), "n_background": n_background}
+        return id_metrics(outputs.reshape(len(arrays)), arrays.is_tau)
     if task == "reg":
-        pred_pt = pt_from_log_ratio(outputs.reshape(len(arrays))[taus], arrays.jet_pt[taus])
-        return response_metrics(pred_pt, arrays.gen_vis_pt[taus])
+        return response_metrics(pt_from_log_ratio(outputs.reshape(len(arrays))[taus], arrays.jet_pt[taus]),
+                                arrays.gen_vis_pt[taus])
     if task == "dm":
-        probs = outputs[taus]
-        true = np.asarray(arrays.dm)[taus]
-        pred = probs.argmax(axis=1)
-        auc_result = weighted_ovr_auc(probs, true)
-        return {"accuracy": accuracy(true, pred), "weighted_auc": auc_result["weighted_auc"],
-                "macro_f1": macro_f1(true, pred, probs.shape[1]),
-                "confusion": confusion_matrix(true, pred, probs.shape[1]), "note": auc_result["note"]}
+        return decay_mode_metrics(outputs[taus], np.asarray(arrays.dm)[taus])
     raise ValueError(f"unknown task {task!r}; choose from id, reg, dm")
+
+
+def id_metrics(scores: np.ndarray, is_tau: np.ndarray) -> dict[str, Any]:
+    """Identification's headline numbers from the tau scores and truth of every jet (:func:`evaluate_task`)."""
+    misid = misid_at_efficiency(scores, is_tau, 0.8)
+    n_background = int((np.asarray(is_tau) != 1).sum())
+    return {"auc": auc(scores, is_tau), "misid_at_80": misid,
+            "misid_at_80_stat": misid_statistical_error(misid, n_background), "n_background": n_background}
+
+
+def decay_mode_metrics(probs: np.ndarray, true: np.ndarray) -> dict[str, Any]:
+    """Decay-mode classification's headline numbers from the class probabilities and true modes of the tau jets."""
+    pred = probs.argmax(axis=1)
+    auc_result = weighted_ovr_auc(probs, true)
+    return {"accuracy": accuracy(true, pred), "weighted_auc": auc_result["weighted_auc"],
+            "macro_f1": macro_f1(true, pred, probs.shape[1]),
+            "confusion": confusion_matrix(true, pred, probs.shape[1]), "note": auc_result["note"]}

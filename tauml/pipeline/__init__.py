@@ -15,6 +15,7 @@ otherwise.  No notebook reads a file that another notebook happened to write: al
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -40,12 +41,13 @@ from tauml.config import (
     TASKS,
     TOKENIZER_DOMAINS,
     ConfigError,
+    FeatureConfig,
     Preset,
     config_hash,
     get_preset,
     to_dict,
 )
-from tauml.data.chunks import iter_jet_chunks
+from tauml.data.chunks import CHUNK_JETS, iter_jet_chunks
 from tauml.data.features import JetArrays, TruncationWarning, jet_arrays
 from tauml.data.generate import GeneratedData, generate_cached
 from tauml.data.readers import read_fuure
@@ -203,6 +205,34 @@ def tau_jets(preset: str | Preset, task: str, split: str = "train", lifetime: bo
         order = np.random.default_rng(12345).permutation(int(keep.sum()))
         return jets.subset(np.flatnonzero(keep)[order])
     return jets.subset(keep)
+
+
+#: Test jets evaluated at once by a fine-tuning (:func:`iter_tau_jets`): about 80 MB of features and tokens.
+TEST_CHUNK_JETS = 100_000
+
+
+def iter_tau_jets(preset: str | Preset, task: str, split: str = "test", lifetime: bool = False,
+                  chunk_jets: int = TEST_CHUNK_JETS) -> Iterator[JetArrays]:
+    """The jets of :func:`tau_jets` for the ``test`` split, in the same order, about ``chunk_jets`` at a time: the
+    files are read chunk by chunk (:func:`tauml.data.chunks.iter_jet_chunks`), so that a fine-tuning's test
+    evaluation does not hold the whole test set.  (The training split is interleaved across samples and taken whole,
+    capped by ``train_size``.)"""
+    p = _preset(preset)
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}; choose from {', '.join(TASKS)}")
+    if split != "test":
+        raise ValueError(f"iter_tau_jets reads the test split only (got {split!r}); use tau_jets for training jets")
+    buffered: list[JetArrays] = []
+    for sample in TASK_SAMPLES[task]["test"]:
+        for path in data_files(p).fuure_files(sample, "test"):
+            for chunk in iter_jet_chunks(path, FeatureConfig().max_constituents_tau, min(chunk_jets, CHUNK_JETS),
+                                         lifetime=lifetime):  # the features of sample_jets (jet_arrays' defaults)
+                buffered.append(chunk.subset(chunk.jet_pt > min_jet_pt(p, task)))
+                if sum(len(b) for b in buffered) >= chunk_jets:
+                    yield JetArrays.concatenate(buffered) if len(buffered) > 1 else buffered[0]
+                    buffered = []
+    if buffered:
+        yield JetArrays.concatenate(buffered) if len(buffered) > 1 else buffered[0]
 
 
 @dataclass

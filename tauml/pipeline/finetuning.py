@@ -52,8 +52,11 @@ from tauml.config import (
     to_dict,
 )
 from tauml.data.features import JetArrays
-from tauml.evaluation.metrics import evaluate_task
-from tauml.evaluation.references import no_learning_reference, prediction_arrays
+from tauml.evaluation.references import (
+    metrics_from_predictions,
+    prediction_arrays,
+    reference_from_predictions,
+)
 from tauml.evaluation.tasks import TASK_INFO
 from tauml.models.baselines import DeepSetBaseline, ParticleTransformerBaseline
 from tauml.models.tau import build_tau_model, task_predictions
@@ -251,7 +254,7 @@ def _train(preset: Preset, config: FinetuneConfig, folder: Path, progress: bool,
     lifetime = uses_lifetime(preset, config.strategy)
     jets = pipeline.tau_jets(preset, config.task, "train", lifetime=lifetime)
     split = pipeline.train_val_split(jets, config.train_size, config.val_size)
-    test = pipeline.tau_jets(preset, config.task, "test", lifetime=lifetime)
+    del jets  # (the training and validation jets are copies)
     name = f"{config.task}/train"
     train = inputs(preset, split.train, config.strategy, f"{name}/{config.val_size}+{config.train_size}", lifetime)
     val = inputs(preset, split.val, config.strategy, f"{name}/val{config.val_size}", lifetime)
@@ -264,14 +267,12 @@ def _train(preset: Preset, config: FinetuneConfig, folder: Path, progress: bool,
         return FinetuneResult(config=config, history=trained.history, best_epoch=trained.best_epoch, metrics={},
                               reference={}, folder=folder)
 
-    test_inputs = inputs(preset, test, config.strategy, f"{config.task}/test", lifetime)
-    _, outputs = evaluate_outputs(trained.model, test_inputs, config, device)
-    predictions = task_predictions(config.task, outputs)
+    predictions = _test_predictions(preset, config, trained.model, device, lifetime)
     result = FinetuneResult(
         config=config, history=trained.history, best_epoch=trained.best_epoch,
-        metrics=plain(evaluate_task(config.task, predictions, test)),
-        reference=plain(no_learning_reference(config.task, test)),
-        predictions=prediction_arrays(config.task, predictions, test),
+        metrics=plain(metrics_from_predictions(config.task, predictions)),
+        reference=plain(reference_from_predictions(config.task, predictions)),
+        predictions=predictions,
         n_parameters=sum(p.numel() for p in model.parameters()),
         n_trainable_parameters=_n_trainable(model, config),
         seconds=trained.seconds, folder=folder,
@@ -287,6 +288,21 @@ def _train(preset: Preset, config: FinetuneConfig, folder: Path, progress: bool,
                   if (folder / name).is_file()}})
     (folder / STATE_FILE).unlink(missing_ok=True)
     return result
+
+
+def _test_predictions(preset: Preset, config: FinetuneConfig, model: torch.nn.Module, device: torch.device,
+                      lifetime: bool) -> dict[str, np.ndarray]:
+    """The prediction arrays (:func:`tauml.evaluation.references.prediction_arrays`) of every test jet, evaluated
+    chunk by chunk (:func:`tauml.pipeline.iter_tau_jets`): memory does not grow with the test files.  The demo's test
+    sets are one chunk."""
+    parts = []
+    for i, chunk in enumerate(pipeline.iter_tau_jets(preset, config.task, "test", lifetime=lifetime)):
+        name = f"{config.task}/test" if i == 0 else f"{config.task}/test/{i}"
+        _, outputs = evaluate_outputs(model, inputs(preset, chunk, config.strategy, name, lifetime), config, device)
+        parts.append(prediction_arrays(config.task, task_predictions(config.task, outputs), chunk))
+    if not parts or not sum(len(p["is_tau"]) for p in parts):
+        raise ConfigError(f"no {config.task} test jets pass the selection in the test files of preset {preset.name!r}")
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def _worker_init() -> None:
