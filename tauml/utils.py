@@ -175,7 +175,12 @@ ERROR_HINTS: dict[str, str] = {
     "NotADirectoryError": "give a folder",
     "IsADirectoryError": "give a file, not a folder",
     "PermissionError": "choose a path you may write to, or fix its permissions",
+    "MissingDependencyError": "install what the message names, or run without the option that needs it",
 }
+
+
+class MissingDependencyError(ImportError):
+    """An optional package a chosen option needs is not installed; the message names the package and the extra."""
 
 
 def is_expected_error(err: BaseException) -> bool:
@@ -219,10 +224,8 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as err:
-        from tauml.config import ConfigError
-
-        raise ConfigError(f"scheduler={scheduler!r} needs dask.distributed: pip install 'tauml[scale]' (or "
-                          "'dask[distributed]'), or run without a scheduler") from err
+        raise MissingDependencyError(f"scheduler={scheduler!r} needs dask.distributed: pip install 'tauml[scale]' (or "
+                                     "'dask[distributed]'), or run without a scheduler") from err
     cluster = None
     if scheduler == "local" or scheduler.startswith("local:"):
         parts = scheduler.split(":")
