@@ -130,5 +130,30 @@ def test_tauml_pretrain_runs_under_torchrun(tmp_path, tiny_preset, tiny_dataset)
     assert all(np.isfinite(r["val_loss"]) for r in history["epochs"])
 
 
+def test_streamed_tokenizer_and_pretraining_under_torchrun_give_one_process_curves(tmp_path, tiny_preset,
+                                                                                  tiny_dataset):
+    """``tauml pretrain`` of a streaming preset under 2 gloo processes: rank 0 builds the feature shards and trains
+    the tokenizer (streamed) while the other waits, rank 0 builds the token shards, both ranks stream their slices of
+    every global batch; the curves are one process's on the same shards, to float rounding."""
+    from tauml import pipeline
+    from tauml.pipeline.shards import token_shards
+    from tauml.training.pretrain_stream import pretrain_streaming
+    from tauml.training.streaming import split_parts
+
+    preset = replace(tiny_preset, tokenizer=replace(tiny_preset.tokenizer, streaming=True, seed=98),
+                     pretrain=replace(tiny_preset.pretrain, seed=98, device="cpu", streaming=True))
+    (tmp_path / "preset.pkl").write_bytes(pickle.dumps(preset))
+    torchrun("cli", str(tmp_path))
+    assert json.loads((tmp_path / "result.json").read_text())["world_size"] == 2
+    two = pipeline.backbone_history(preset)  # from the cache: nothing trains here
+    assert two["streaming"] and len(two["epochs"]) == preset.pretrain.epochs
+    shards = token_shards(preset, [f for files in pipeline.pp_files(preset).values() for f in files], progress=False)
+    train, val = split_parts(shards, preset.pretrain.val_fraction, preset.pretrain.seed)
+    _, one = pretrain_streaming(train, val, pipeline.gpt_config(preset), preset.pretrain, tmp_path / "one",
+                                progress=False)
+    for key, values in curves(one).items():
+        np.testing.assert_allclose(curves(two)[key], values, rtol=RTOL, err_msg=key)
+
+
 if __name__ == "__main__":
     worker(sys.argv[1], Path(sys.argv[2]))
