@@ -41,9 +41,10 @@ def main() -> None:
     # the medium models, one epoch each on a few thousand jets
     short = replace(
         MEDIUM,
-        tokenizer=replace(MEDIUM.tokenizer, epochs=1, train_jets=args.tokenizer_jets, kmeans_iterations=5),
+        tokenizer=replace(MEDIUM.tokenizer, epochs=1, train_jets=args.tokenizer_jets, kmeans_iterations=5,
+                          streaming=False),  # a subset in memory: the same cost per jet (docs/training.md)
         pretrain=replace(MEDIUM.pretrain, epochs=1, train_jets=args.pretrain_jets, warmup_steps=10,
-                         device=args.device),
+                         device=args.device, streaming=False),
         finetune=replace(MEDIUM.finetune, epochs=1, train_size=args.finetune_jets, val_size=500, unfreeze_epoch=0,
                          device=args.device),
         pp_jets_per_sample=0,
