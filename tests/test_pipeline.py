@@ -98,11 +98,13 @@ def test_the_test_jets_in_chunks_are_the_test_jets_and_give_the_same_metrics(tin
     )
 
     whole = pipeline.tau_jets(tiny_preset, task, "test")
-    chunks = list(pipeline.iter_tau_jets(tiny_preset, task, "test", chunk_jets=40))
+    chunks = list(pipeline.iter_tau_jets(tiny_preset, task, "test", chunk_jets=40))  # files read in chunks
     assert len(chunks) > 1 and sum(len(c) for c in chunks) == len(whole)
-    together = chunks[0].concatenate(chunks)
-    for name in ("features", "mask", "jet_pt", "is_tau", "dm", "gen_vis_pt"):
-        assert np.array_equal(getattr(together, name), getattr(whole, name), equal_nan=name == "gen_vis_pt"), name
+    at_once = list(pipeline.iter_tau_jets(tiny_preset, task, "test"))  # small files: whole, one chunk
+    assert len(at_once) == 1
+    for together in (chunks[0].concatenate(chunks), at_once[0]):
+        for name in ("features", "mask", "jet_pt", "is_tau", "dm", "gen_vis_pt"):
+            assert np.array_equal(getattr(together, name), getattr(whole, name), equal_nan=name == "gen_vis_pt"), name
     # metrics from the prediction arrays equal those from the jets (any predictions will do)
     rng = np.random.default_rng(3)
     predictions = {"id": rng.random(len(whole)), "reg": rng.normal(0, 0.1, len(whole)),

@@ -234,6 +234,11 @@ def file_identity(paths: Iterable[str | os.PathLike[str]], hashes: bool = False)
     return rows
 
 
+def parquet_rows(path: str | os.PathLike[str]) -> int:
+    """The number of jets (rows) of a parquet file, from its footer (nothing else is read)."""
+    return _parquet_rows(Path(path))
+
+
 def _parquet_rows(path: Path) -> int:
     try:
         return pq.ParquetFile(path).metadata.num_rows

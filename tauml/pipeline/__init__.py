@@ -15,7 +15,7 @@ otherwise.  No notebook reads a file that another notebook happened to write: al
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +61,7 @@ from tauml.data.sources import (
     NoDataFiles,
     file_identity,
     jetclass_entries,
+    parquet_rows,
     resolve,
 )
 from tauml.models import CheckpointError
@@ -225,8 +226,12 @@ def iter_tau_jets(preset: str | Preset, task: str, split: str = "test", lifetime
     buffered: list[JetArrays] = []
     for sample in TASK_SAMPLES[task]["test"]:
         for path in data_files(p).fuure_files(sample, "test"):
-            for chunk in iter_jet_chunks(path, FeatureConfig().max_constituents_tau, min(chunk_jets, CHUNK_JETS),
-                                         lifetime=lifetime):  # the features of sample_jets (jet_arrays' defaults)
+            if parquet_rows(path) <= chunk_jets:  # a small file: whole, from the in-process cache as tau_jets reads it
+                chunks: Iterable[JetArrays] = [_fuure_arrays(str(path), lifetime, _stamp(path))]
+            else:  # the features of sample_jets (jet_arrays' defaults), chunk by chunk
+                chunks = iter_jet_chunks(path, FeatureConfig().max_constituents_tau, min(chunk_jets, CHUNK_JETS),
+                                         lifetime=lifetime)
+            for chunk in chunks:
                 buffered.append(chunk.subset(chunk.jet_pt > min_jet_pt(p, task)))
                 if sum(len(b) for b in buffered) >= chunk_jets:
                     yield JetArrays.concatenate(buffered) if len(buffered) > 1 else buffered[0]
