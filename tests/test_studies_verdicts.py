@@ -100,3 +100,27 @@ def test_a_reference_model_with_zero_mis_id_does_not_break_the_table():
                    for m, vs in {"part": [0.0, 0.001, 0.0], "fine_tuning": [0.0, 0.0, 0.0]}.items()}}
     row = _row(finetuning.claims_rows(zero), "ParT lowers the mis-ID")
     assert "inf" in row["this run"] and row["agrees"] in ("no", "not significant")
+
+
+def test_compared_pairs_are_the_comparisons_of_the_claims():
+    values = {"from_scratch": [0.025, 0.026, 0.024], "fixed_backbone": [0.035, 0.036, 0.034],
+              "fine_tuning": [0.020, 0.021, 0.019], "part": [0.022, 0.023, 0.021]}
+    pairs = finetuning.compared_pairs(_results(values))
+    assert pairs == [("reg", "fine_tuning", "from_scratch"), ("reg", "fine_tuning", "part"),
+                     ("reg", "fixed_backbone", "from_scratch"), ("reg", "fixed_backbone", "fine_tuning")]
+    # without the fixed backbone only the paper's claims are compared
+    del values["fixed_backbone"]
+    assert len(finetuning.compared_pairs(_results(values))) == 2
+
+
+def test_the_claims_table_is_one_family_of_tests():
+    # fine-tuning 4 standard errors better than from scratch (three seeds each, nu = 4): alone (k = 2.78) it is
+    # a finding; in a table of four comparisons (with ParT and the fixed backbone, k = 4.31) it is not
+    tuned = [0.0200, 0.0210, 0.0220]  # standard error 0.001 / sqrt(3) each: sigma = 0.001 * sqrt(2 / 3)
+    scratch = [x + 4.0 * 0.001 * (2 / 3) ** 0.5 for x in tuned]
+    alone = _results({"fine_tuning": tuned, "from_scratch": scratch})
+    assert _row(finetuning.claims_rows(alone), "vs from scratch")["verdict"] == "better"
+    table = _results({"fine_tuning": tuned, "from_scratch": scratch, "part": [0.021, 0.022, 0.023],
+                      "fixed_backbone": [0.021, 0.022, 0.023]})
+    assert len(finetuning.compared_pairs(table)) == 4
+    assert _row(finetuning.claims_rows(table), "vs from scratch")["verdict"] == "no significant difference"

@@ -12,7 +12,9 @@ from tauml.evaluation.verdicts import (
     UNDETERMINED,
     WORSE,
     best_of,
+    bonferroni_confidence,
     compare,
+    consistent,
     summarize,
 )
 
@@ -93,3 +95,41 @@ def test_two_and_a_half_sigma_from_three_seeds_is_not_enough():
     assert c.significance == pytest.approx(2.5)
     assert c.verdict == NO_DIFFERENCE and "needs 2.8σ" in c.text()
     assert compare(a, [x - 3.0 * math.sqrt(2 / 3) for x in a], higher_is_better=True).verdict == BETTER
+
+
+def test_consistent_runs_agree_within_their_combined_uncertainty():
+    # the thread-count case of docs/studies.md: +3.8 % ± 0.7 % against +3.9 % ± 1.6 % measure the same gain
+    assert consistent((0.038, 0.007, 8.0), (0.039, 0.016, 6.0))
+    # 5 and 1 with uncertainties 1 each (many degrees of freedom): 4 / sqrt(2) = 2.8 sigma apart
+    assert not consistent((5.0, 1.0, math.inf), (1.0, 1.0, math.inf))
+    assert consistent((2.0, 1.0, math.inf), (1.0, 1.0, math.inf))
+    # with few degrees of freedom the same gap is allowed: t(0.975, 2) = 4.3
+    assert consistent((5.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    # Comparison objects work as well
+    a = compare([0.019, 0.020, 0.021], [0.026, 0.030, 0.034], higher_is_better=False)
+    assert consistent(a, a)
+    with pytest.raises(ValueError, match="finite"):
+        consistent((math.nan, 1.0, 3.0), (1.0, 1.0, 3.0))
+
+
+def test_a_table_is_one_family_of_tests():
+    """Bonferroni: each of m comparisons at 1 - 0.05/m, so the table's chance of any false finding stays 5 %."""
+    from tauml.evaluation.verdicts import threshold
+
+    assert bonferroni_confidence(1) == pytest.approx(0.95) and bonferroni_confidence(12) == pytest.approx(1 - 0.05 / 12)
+    # two equal standard errors from three seeds each (nu = 4): alone t_0.975(4) = 2.776; as 1 of 4 tests
+    # t_(1 - 0.05/8)(4) = 4.315, as 1 of 12 t_(1 - 0.05/24)(4) = 5.885 (scipy.stats.t.ppf)
+    assert threshold((0.1, 0.1), (3, 3))[0] == pytest.approx(2.776, abs=1e-3)
+    assert threshold((0.1, 0.1), (3, 3), comparisons=4)[0] == pytest.approx(4.315, abs=1e-3)
+    assert threshold((0.1, 0.1), (3, 3), comparisons=12)[0] == pytest.approx(5.885, abs=1e-3)
+    # counting errors only: the normal quantile, 2.865 for 12 tests
+    assert threshold((), (), (0.01,), comparisons=12)[0] == pytest.approx(2.865, abs=1e-3)
+    # 4 sigma is a finding alone, not as one of four
+    a = [0.0, 1.0, 2.0]
+    b = [x - 4.0 * math.sqrt(2 / 3) for x in a]
+    assert compare(a, b, higher_is_better=True).verdict == BETTER
+    c = compare(a, b, higher_is_better=True, comparisons=4)
+    assert c.verdict == NO_DIFFERENCE and c.comparisons == 4 and "needs 4.3σ as 1 of 4 tests" in c.text()
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="number of comparisons"):
+            bonferroni_confidence(bad)

@@ -184,10 +184,9 @@ def claims_rows(results: Results) -> list[dict[str, Any]]:
     """The claims of arXiv:2512.04149 beside this run (model A better than B on the task's headline metric),
     each with its verdict (:mod:`tauml.evaluation.verdicts`) and whether it agrees."""
     rows = []
-    for task, a, b, text, paper in SUCCESSOR_CLAIMS:
-        c = model_comparison(results, task, a, b)
-        if c is None:
-            continue
+    present = [claim for claim in SUCCESSOR_CLAIMS if model_comparison(results, *claim[:3]) is not None]
+    for task, a, b, text, paper in present:  # the claims of the table are one family of tests
+        c = model_comparison(results, task, a, b, comparisons=len(present))
         rows.append({"claim": text, "paper": paper, "this run": f"{c.relative:+.1%} ± {c.relative_uncertainty:.1%}",
                      "verdict": c.verdict, "agrees": agreement(c.verdict)})
     return rows
@@ -199,6 +198,8 @@ def gap_rows(results: Results, target: str = "part") -> list[dict[str, Any]]:
     noise, ``no`` when it is worse beyond the noise, ``within the noise`` otherwise (a large seed spread shows
     no gap without showing that there is none)."""
     rows = []
+    family = sum(1 for by_model in results.values() if target in by_model
+                 for name, runs in by_model.items() if name != target and runs)  # the table's tests
     for task, by_model in results.items():
         metric, higher = HEADLINE[task]
         if target not in by_model:
@@ -207,7 +208,7 @@ def gap_rows(results: Results, target: str = "part") -> list[dict[str, Any]]:
         for name, runs in by_model.items():
             if name == target or not runs:
                 continue
-            c = compare([float(r.metrics[metric]) for r in runs], reference, higher)
+            c = compare([float(r.metrics[metric]) for r in runs], reference, higher, comparisons=family)
             rows.append({"task": task, "model": name, metric: summarize([float(r.metrics[metric]) for r in runs]).text(4),
                          target: summarize(reference).text(4), "gap": f"{c.relative:+.1%} ± {c.relative_uncertainty:.1%}",
                          "verdict vs " + target: c.verdict,
@@ -269,13 +270,15 @@ def scaling_rows(curve: Mapping[str, Mapping[int, Sequence[float]]], kind: str) 
     """A scaling curve as table rows: per task and point, the headline metric's mean ± std over seeds, and the
     verdict of the largest point against the smallest."""
     rows = []
+    family = max(1, sum(1 for points in curve.values() if len(points) > 1))  # one test per task: one family
     for task, points in curve.items():
         metric, higher = HEADLINE[task]
         ordered = sorted(points)
         for value in ordered:
             rows.append({"task": task, kind: value, metric: summarize(points[value]).text(4)})
         if len(ordered) > 1:
-            c = compare(points[ordered[-1]], points[ordered[0]], METRIC_HIGHER_IS_BETTER.get(metric, higher))
+            c = compare(points[ordered[-1]], points[ordered[0]], METRIC_HIGHER_IS_BETTER.get(metric, higher),
+                        comparisons=family)
             rows.append({"task": task, kind: f"{ordered[-1]} vs {ordered[0]}", metric: c.text()})
     return rows
 

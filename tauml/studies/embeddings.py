@@ -55,6 +55,8 @@ NOTEBOOK_TASK = "dm"
 NOTEBOOK_SEED = 1
 #: The seeds of the verdicts.
 NOTEBOOK_SEEDS: tuple[int, ...] = (1, 2, 3)
+#: The labellings whose claim readings notebook 05 states together (one family of tests).
+CLAIM_KINDS: tuple[str, ...] = ("dm", "tau")
 
 
 def embedding_models(preset: str | Preset = "demo", task: str = "dm", seed: int = 1,
@@ -290,11 +292,15 @@ def scores_over_seeds(preset: str | Preset, seeds: Sequence[int], jets: StudyJet
 
 def claim_reading_over_seeds(scores_by_seed: Mapping[int, Mapping[str, Sequence[Mapping[str, Any]]]],
                              kind: str = "dm", block: int | None = None,
-                             models: Sequence[str] = MODELS) -> list[dict[str, Any]]:
+                             models: Sequence[str] = MODELS, comparisons: int | None = None) -> list[dict[str, Any]]:
     """The paper's claim step by step (untrained -> pretrained -> fine-tuned) from several seeds
     (:func:`scores_over_seeds`): the kNN accuracy of each model as mean ± std over seeds, and the verdict of
     :mod:`tauml.evaluation.verdicts` (the standard error of the seed means plus the binomial error of the
-    accuracy on the test jets); ``better``/``worse`` only beyond the Welch t-test threshold of that uncertainty."""
+    accuracy on the test jets); ``better``/``worse`` only beyond the Welch t-test threshold of that uncertainty.
+
+    The steps of both labellings of :data:`CLAIM_KINDS` (notebook 05 reads them together) are one family of
+    tests: ``comparisons`` defaults to their number, ``len(CLAIM_KINDS) * (len(models) - 1)``."""
+    comparisons = comparisons or len(CLAIM_KINDS) * max(len(models) - 1, 1)
     seeds = sorted(scores_by_seed)
     rows = {s: {(r["model"], r["block"]): r for r in scores_by_seed[s][kind]} for s in seeds}
     block = max(b for _, b in rows[seeds[0]]) if block is None else block
@@ -304,7 +310,8 @@ def claim_reading_over_seeds(scores_by_seed: Mapping[int, Mapping[str, Sequence[
         sil = {m: [rows[s][(m, block)]["silhouette"] for s in seeds] for m in (before, after)}
         n_jets = rows[seeds[0]][(after, block)]["n_jets"]
         stat = {m: knn_standard_error(float(np.mean(knn[m])), n_jets) for m in knn}
-        c = compare(knn[after], knn[before], higher_is_better=True, stat_a=stat[after], stat_b=stat[before])
+        c = compare(knn[after], knn[before], higher_is_better=True, stat_a=stat[after], stat_b=stat[before],
+                    comparisons=comparisons)
         reading.append({"step": f"{before} -> {after}", "block": block, "seeds": len(seeds),
                         "kNN before": c.b.text(3), "kNN after": c.a.text(3), "kNN change": c.difference,
                         "uncertainty": c.uncertainty,

@@ -124,29 +124,34 @@ def _counting_error(results: Results, task: str, model: str, metric: str) -> flo
                                    runs[0].metrics["n_background"])
 
 
-def model_comparison(results: Results, task: str, a: str, b: str, metric: str | None = None) -> Comparison | None:
+def model_comparison(results: Results, task: str, a: str, b: str, metric: str | None = None,
+                     comparisons: int = 1) -> Comparison | None:
     """Model ``a`` against model ``b`` on ``task``'s headline metric (or ``metric``), over their seeds, with the
-    verdict rule of :mod:`tauml.evaluation.verdicts`; None when either model is missing."""
+    verdict rule of :mod:`tauml.evaluation.verdicts` as one of ``comparisons`` tests of a table; None when either
+    model is missing."""
     metric = metric or HEADLINE[task][0]
     va, vb = _values(results, task, a, metric), _values(results, task, b, metric)
     if not va or not vb:
         return None
     return compare(va, vb, METRIC_HIGHER_IS_BETTER[metric], _counting_error(results, task, a, metric),
-                   _counting_error(results, task, b, metric))
+                   _counting_error(results, task, b, metric), comparisons=comparisons)
 
 
 def beats_reference(results: Results) -> list[str]:
     """Sentences saying, for reg and dm, whether each model beats the no-learning reference beyond its seed
-    spread (the reference itself needs no training and has no seed spread)."""
+    spread (the reference itself needs no training and has no seed spread); the sentences are one family of
+    tests (:mod:`tauml.evaluation.verdicts`)."""
     lines = []
-    for task, key, what in (("reg", "resolution", "reco-jet pT"), ("dm", "accuracy", "counting candidates")):
+    tasks = (("reg", "resolution", "reco-jet pT"), ("dm", "accuracy", "counting candidates"))
+    family = sum(1 for task, _, _ in tasks for runs in results.get(task, {}).values() if runs)
+    for task, key, what in tasks:
         if task not in results:
             continue
         for model, runs in results[task].items():
             if not runs:
                 continue
             ref = float(runs[0].reference[key])
-            c = compare(_values(results, task, model, key), [ref], METRIC_HIGHER_IS_BETTER[key])
+            c = compare(_values(results, task, model, key), [ref], METRIC_HIGHER_IS_BETTER[key], comparisons=family)
             word = {BETTER: "beats", WORSE: "is worse than", NO_DIFFERENCE: "does not significantly beat",
                     UNDETERMINED: "(one seed) compares with"}[c.verdict]
             lines.append(f"{task}: {model} {word} {what} ({key} {c.a.text(4)} vs {ref:.4g})")
@@ -170,17 +175,29 @@ def agreement(verdict: str) -> str:
     return {BETTER: "yes", WORSE: "no", NO_DIFFERENCE: "not significant", UNDETERMINED: "undetermined"}[verdict]
 
 
+def compared_pairs(results: Results) -> list[tuple[str, str, str]]:
+    """Every ``(task, model A, model B)`` comparison that :func:`claims_rows` makes from ``results``: the paper's
+    claims, then the fixed backbone against the other two strategies on every task."""
+    pairs = [(task, a, b) for task, a, b, _, _ in PAPER_CLAIMS if model_comparison(results, task, a, b) is not None]
+    for task in results:
+        if all(_values(results, task, m, HEADLINE[task][0]) for m in STRATEGIES):
+            pairs += [(task, "fixed_backbone", m) for m in STRATEGIES if m != "fixed_backbone"]
+    return pairs
+
+
 def claims_rows(results: Results) -> list[dict[str, Any]]:
     """The core paper's claims (arXiv:2503.19165, Section 3.3) beside this run, each with its verdict.
 
     ``this run`` is the relative improvement of A over B (positive = better) with its uncertainty and
     significance; ``verdict`` follows :mod:`tauml.evaluation.verdicts` (better / worse only beyond the Welch
-    t-test threshold of the combined standard error of the seed means and the counting error); ``agrees`` says whether that verdict
-    supports the paper's claim (``not significant`` when the run cannot tell).
+    t-test threshold of the combined standard error of the seed means and the counting error, every comparison
+    of the table one test of a family: :func:`compared_pairs`); ``agrees`` says whether that verdict supports
+    the paper's claim (``not significant`` when the run cannot tell).
     """
     rows = []
+    family = len(compared_pairs(results))  # every comparison of the table is one test of the family
     for task, a, b, text, paper in PAPER_CLAIMS:
-        c = model_comparison(results, task, a, b)
+        c = model_comparison(results, task, a, b, comparisons=family)
         if c is None:
             continue
         rows.append({"claim": text, "paper": paper, "this run": f"{c.relative:+.1%} ± {c.relative_uncertainty:.1%}",
@@ -188,7 +205,8 @@ def claims_rows(results: Results) -> list[dict[str, Any]]:
     for task in results:
         if not all(_values(results, task, m, HEADLINE[task][0]) for m in STRATEGIES):
             continue
-        versus = {m: model_comparison(results, task, "fixed_backbone", m) for m in STRATEGIES if m != "fixed_backbone"}
+        versus = {m: model_comparison(results, task, "fixed_backbone", m, comparisons=family)
+                  for m in STRATEGIES if m != "fixed_backbone"}
         verdicts = {m: c.verdict for m, c in versus.items()}
         if all(v == WORSE for v in verdicts.values()):
             agrees, verdict = "yes", "worst beyond the noise"
