@@ -208,8 +208,28 @@ ENV_SCHEDULER = "TAUML_DASK_SCHEDULER"
 
 
 def dask_scheduler(scheduler: str | None) -> str | None:
-    """``scheduler`` if given, else ``$TAUML_DASK_SCHEDULER``, else None (no dask)."""
-    return scheduler if scheduler is not None else os.environ.get(ENV_SCHEDULER) or None
+    """``scheduler`` if given, else ``$TAUML_DASK_SCHEDULER``, else None (no dask); a local form that
+    :func:`dask_client` cannot read is refused here, before any work starts."""
+    chosen = scheduler if scheduler is not None else os.environ.get(ENV_SCHEDULER) or None
+    if chosen is not None:
+        _local_workers(chosen)
+    return chosen
+
+
+def _local_workers(scheduler: str) -> tuple[int, bool] | None:
+    """``(workers, processes)`` of a ``"local"``, ``"local:N"`` or ``"local:N:threads"`` scheduler; None for an
+    address.  Anything else that starts with ``local`` is a ValueError saying what is accepted."""
+    if scheduler != "local" and not scheduler.startswith("local:"):
+        return None
+    parts = scheduler.split(":")
+    usage = ("use 'local' (one worker process per core), 'local:N' (N worker processes), 'local:N:threads' "
+             "(N threads in this process) or a scheduler address such as 'tcp://host:8786'")
+    if len(parts) == 1:
+        return len(usable_cores()), True
+    if len(parts) > 3 or not parts[1].isdigit() or int(parts[1]) < 1 or (len(parts) == 3 and parts[2] != "threads"):
+        source = f" (from ${ENV_SCHEDULER})" if os.environ.get(ENV_SCHEDULER) == scheduler else ""
+        raise ValueError(f"dask scheduler {scheduler!r}{source} is not understood: {usage}")
+    return int(parts[1]), len(parts) == 2
 
 
 @contextlib.contextmanager
@@ -227,11 +247,10 @@ def dask_client(scheduler: str) -> Iterator[Any]:
         raise MissingDependencyError(f"scheduler={scheduler!r} needs dask.distributed: pip install 'tauml[scale]' (or "
                                      "'dask[distributed]'), or run without a scheduler") from err
     cluster = None
-    if scheduler == "local" or scheduler.startswith("local:"):
-        parts = scheduler.split(":")
-        workers = len(usable_cores()) if len(parts) == 1 else int(parts[1])
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
-                               processes=not (len(parts) > 2 and parts[2] == "threads"))
+    local = _local_workers(scheduler)
+    if local is not None:
+        workers, processes = local
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, processes=processes)
         client = Client(cluster)
     else:
         client = Client(scheduler)

@@ -1,4 +1,4 @@
-"""tauml.utils: giving freed memory back to the operating system."""
+"""tauml.utils: giving freed memory back to the operating system, and reading the dask scheduler option."""
 
 from __future__ import annotations
 
@@ -48,3 +48,18 @@ def test_releases_memory_keeps_the_return_value_and_the_exception():
     assert build.__doc__ == "Docstring kept." and build.__name__ == "build"
     with pytest.raises(ValueError, match="the original error"):
         fail()
+
+
+def test_a_scheduler_that_cannot_be_read_is_refused_before_any_work(monkeypatch):
+    from tauml.utils import ENV_SCHEDULER, dask_scheduler
+
+    monkeypatch.delenv(ENV_SCHEDULER, raising=False)
+    assert dask_scheduler(None) is None
+    for good in ("local", "local:2", "local:1:threads", "tcp://10.0.0.1:8786"):
+        assert dask_scheduler(good) == good
+    for bad in ("local:abc", "local:0", "local:2:gpus", "local:1:threads:x", "local:"):
+        with pytest.raises(ValueError, match="is not understood: use 'local'"):
+            dask_scheduler(bad)
+    monkeypatch.setenv(ENV_SCHEDULER, "local:two")
+    with pytest.raises(ValueError, match=r"from \$TAUML_DASK_SCHEDULER"):
+        dask_scheduler(None)
