@@ -1,4 +1,4 @@
-"""The claims tables of notebooks 03 and 04 state a verdict only where the seed spread supports it."""
+"""The claims tables of notebooks 03, 04 and 06 state a verdict only where the seed spread supports it."""
 
 from __future__ import annotations
 
@@ -124,3 +124,36 @@ def test_the_claims_table_is_one_family_of_tests():
                       "fixed_backbone": [0.021, 0.022, 0.023]})
     assert len(finetuning.compared_pairs(table)) == 4
     assert _row(finetuning.claims_rows(table), "vs from scratch")["verdict"] == "no significant difference"
+
+
+def _joint_records(frozen: list[float], finetuned: list[float], drift: list[float] | None) -> list[dict]:
+    """S+HLF frozen and finetuned at 100 and 500 events, one record per seed (the store's layout)."""
+    records = []
+    for strategy, rejections in (("frozen", frozen), ("finetuned", finetuned)):
+        for n in (100, 500):
+            for seed, value in enumerate(rejections, start=1):
+                metrics = {"rejection": value * (0.5 if n == 100 else 1.0)}
+                if strategy == "finetuned" and drift is not None:
+                    metrics["scalar_rejection_ratio"] = drift[seed - 1]
+                records.append({"config": {"case": "hh4b", "representation": "s_hlf", "strategy": strategy,
+                                           "train_size": n, "seed": seed}, "metrics": metrics})
+    return records
+
+
+def test_the_joint_claims_are_one_family_and_the_drift_follows_the_rule():
+    from tauml.studies import joint
+
+    # finetuned 3.2 standard errors above frozen (three seeds each, nu = 4): a finding as the table's only test
+    # (k = t_0.975(4) = 2.78), not as one of two, the drift being the second (k = t_(1 - 0.05/4)(4) = 3.50)
+    frozen = [5.0, 5.1, 5.2]
+    finetuned = [x + 3.2 * 0.1 * (2 / 3) ** 0.5 for x in frozen]
+    claim = "S+HLF: finetuned rejects more background than frozen"
+    alone = joint.claims_rows({"hh4b": _joint_records(frozen, finetuned, None)})
+    assert _row(alone, claim)["verdict"] == "better" and not [r for r in alone if "drift" in r["claim"]]
+    rows = joint.claims_rows({"hh4b": _joint_records(frozen, finetuned, [0.70, 0.72, 0.74])})
+    assert _row(rows, claim)["verdict"] == "no significant difference"
+    drift = _row(rows, "drift")
+    assert drift["verdict"] == "below 100 %" and drift["agrees"] == "yes"
+    # a drift within its seed spread of 100 % is not a finding
+    rows = joint.claims_rows({"hh4b": _joint_records(frozen, finetuned, [0.80, 1.05, 1.10])})
+    assert _row(rows, "drift")["verdict"] == "not significantly below"
