@@ -43,6 +43,7 @@ def collect(notebooks: list[str], threads: int | None) -> dict[str, Any]:
     ``threads`` intra-op threads (None: the notebooks' worker processes)."""
     import torch
 
+    from tauml.config import get_preset
     from tauml.studies import ablations, embeddings, finetuning
 
     workers = None
@@ -56,16 +57,11 @@ def collect(notebooks: list[str], threads: int | None) -> dict[str, Any]:
             train_size=finetuning.NOTEBOOK_TRAIN_SIZE, epochs=finetuning.NOTEBOOK_EPOCHS,
             unfreeze_epoch=finetuning.NOTEBOOK_UNFREEZE_EPOCH, workers=workers, progress=False)
         out["03"] = [{"claim": r["claim"], "verdict": r["verdict"]} for r in finetuning.claims_rows(results)]
-        pairs, family = [], len(finetuning.compared_pairs(results))
-        for task, a, b in finetuning.compared_pairs(results):
-            c = finetuning.model_comparison(results, task, a, b, comparisons=family)
-            pairs.append({"pair": f"{task}: {a} vs {b}", "difference": c.difference, "uncertainty": c.uncertainty,
-                          "dof": c.dof, "verdict": c.verdict, "text": c.text()})
-        out["03 pairs"] = pairs
+        out["03 pairs"] = [{"pair": f"{task}: {a} vs {b}", "difference": c.difference, "uncertainty": c.uncertainty,
+                            "dof": c.dof, "verdict": c.verdict, "text": c.text()}
+                           for (task, a, b), c in finetuning.pair_comparisons(results).items()]
     if "04" in notebooks:
         records = ablations.run_ablations("demo", tasks=ablations.NOTEBOOK_TASKS, workers=workers, progress=False)
-        from tauml.config import get_preset
-
         epochs = get_preset("demo").finetune.epochs
         out["04"] = [{"claim": r["claim"], "verdict": r["agrees"], "this run": r["this run"]}
                      for r in ablations.ablation_claims_rows(records, epochs=epochs)]
@@ -132,8 +128,8 @@ def main() -> int:
     reports = {}
     for run, env in (("A", {}), ("B", {ENV_CACHE_DIR: str(run_b_cache.resolve())})):
         path = args.workdir / f"run_{run}.json"
-        print(f"run {run}: {'the notebooks cache' if run == 'A' else f'{args.threads} threads in one process'} ...",
-              flush=True)
+        what = "the notebooks' cache" if run == "A" else f"{args.threads} threads in one process"
+        print(f"run {run}: {what} ...", flush=True)
         subprocess.run([sys.executable, __file__, "--collect", str(path), "--threads", str(args.threads),
                         "--notebooks", *args.notebooks],
                        env={**os.environ, **env, "TAUML_VERDICT_RUN": run}, check=True)

@@ -102,15 +102,16 @@ def test_a_reference_model_with_zero_mis_id_does_not_break_the_table():
     assert "inf" in row["this run"] and row["agrees"] in ("no", "not significant")
 
 
-def test_compared_pairs_are_the_comparisons_of_the_claims():
+def test_pair_comparisons_are_the_comparisons_of_the_claims():
     values = {"from_scratch": [0.025, 0.026, 0.024], "fixed_backbone": [0.035, 0.036, 0.034],
               "fine_tuning": [0.020, 0.021, 0.019], "part": [0.022, 0.023, 0.021]}
-    pairs = finetuning.compared_pairs(_results(values))
-    assert pairs == [("reg", "fine_tuning", "from_scratch"), ("reg", "fine_tuning", "part"),
+    pairs = finetuning.pair_comparisons(_results(values))
+    assert all(c.comparisons == 4 for c in pairs.values())
+    assert list(pairs) == [("reg", "fine_tuning", "from_scratch"), ("reg", "fine_tuning", "part"),
                      ("reg", "fixed_backbone", "from_scratch"), ("reg", "fixed_backbone", "fine_tuning")]
     # without the fixed backbone only the paper's claims are compared
     del values["fixed_backbone"]
-    assert len(finetuning.compared_pairs(_results(values))) == 2
+    assert len(finetuning.pair_comparisons(_results(values))) == 2
 
 
 def test_the_claims_table_is_one_family_of_tests():
@@ -122,7 +123,7 @@ def test_the_claims_table_is_one_family_of_tests():
     assert _row(finetuning.claims_rows(alone), "vs from scratch")["verdict"] == "better"
     table = _results({"fine_tuning": tuned, "from_scratch": scratch, "part": [0.021, 0.022, 0.023],
                       "fixed_backbone": [0.021, 0.022, 0.023]})
-    assert len(finetuning.compared_pairs(table)) == 4
+    assert len(finetuning.pair_comparisons(table)) == 4
     assert _row(finetuning.claims_rows(table), "vs from scratch")["verdict"] == "no significant difference"
 
 

@@ -175,14 +175,18 @@ def agreement(verdict: str) -> str:
     return {BETTER: "yes", WORSE: "no", NO_DIFFERENCE: "not significant", UNDETERMINED: "undetermined"}[verdict]
 
 
-def compared_pairs(results: Results) -> list[tuple[str, str, str]]:
-    """Every ``(task, model A, model B)`` comparison that :func:`claims_rows` makes from ``results``: the paper's
-    claims, then the fixed backbone against the other two strategies on every task."""
-    pairs = [(task, a, b) for task, a, b, _, _ in PAPER_CLAIMS if model_comparison(results, task, a, b) is not None]
-    for task in results:
-        if all(_values(results, task, m, HEADLINE[task][0]) for m in STRATEGIES):
-            pairs += [(task, "fixed_backbone", m) for m in STRATEGIES if m != "fixed_backbone"]
-    return pairs
+def pair_comparisons(results: Results) -> dict[tuple[str, str, str], Comparison]:
+    """Every comparison that :func:`claims_rows` makes from ``results``, keyed ``(task, model A, model B)``: the
+    paper's claims, then the fixed backbone against the other two strategies on every task.  Together they are
+    one family of tests (:mod:`tauml.evaluation.verdicts`): each is made as one of ``len(...)``."""
+
+    def present(task: str, *models: str) -> bool:
+        return all(_values(results, task, m, HEADLINE[task][0]) for m in models)
+
+    pairs = [(task, a, b) for task, a, b, _, _ in PAPER_CLAIMS if present(task, a, b)]
+    pairs += [(task, "fixed_backbone", m) for task in results if present(task, *STRATEGIES)
+              for m in STRATEGIES if m != "fixed_backbone"]
+    return {pair: model_comparison(results, *pair, comparisons=len(pairs)) for pair in pairs}
 
 
 def claims_rows(results: Results) -> list[dict[str, Any]]:
@@ -191,13 +195,13 @@ def claims_rows(results: Results) -> list[dict[str, Any]]:
     ``this run`` is the relative improvement of A over B (positive = better) with its uncertainty and
     significance; ``verdict`` follows :mod:`tauml.evaluation.verdicts` (better / worse only beyond the Welch
     t-test threshold of the combined standard error of the seed means and the counting error, every comparison
-    of the table one test of a family: :func:`compared_pairs`); ``agrees`` says whether that verdict supports
+    of the table one test of a family: :func:`pair_comparisons`); ``agrees`` says whether that verdict supports
     the paper's claim (``not significant`` when the run cannot tell).
     """
     rows = []
-    family = len(compared_pairs(results))  # every comparison of the table is one test of the family
+    comparisons = pair_comparisons(results)
     for task, a, b, text, paper in PAPER_CLAIMS:
-        c = model_comparison(results, task, a, b, comparisons=family)
+        c = comparisons.get((task, a, b))
         if c is None:
             continue
         rows.append({"claim": text, "paper": paper, "this run": f"{c.relative:+.1%} ± {c.relative_uncertainty:.1%}",
@@ -205,8 +209,7 @@ def claims_rows(results: Results) -> list[dict[str, Any]]:
     for task in results:
         if not all(_values(results, task, m, HEADLINE[task][0]) for m in STRATEGIES):
             continue
-        versus = {m: model_comparison(results, task, "fixed_backbone", m, comparisons=family)
-                  for m in STRATEGIES if m != "fixed_backbone"}
+        versus = {m: comparisons[(task, "fixed_backbone", m)] for m in STRATEGIES if m != "fixed_backbone"}
         verdicts = {m: c.verdict for m, c in versus.items()}
         if all(v == WORSE for v in verdicts.values()):
             agrees, verdict = "yes", "worst beyond the noise"
